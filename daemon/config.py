@@ -1,0 +1,153 @@
+"""Typed configuration, validated from ``config.yaml``.
+
+Every section is a pydantic model with ``extra="forbid"``: a misspelt key is an
+error naming its path, never a silently ignored setting. The documented
+reference is ``config.yaml`` at the repository root (also shipped inside the
+package as the default).
+"""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message names the key and the fix."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _check_endpoint(v: str) -> str:
+    if not v.startswith(("tcp://", "ipc://", "inproc://")):
+        raise ValueError(f"ZeroMQ endpoint must start with tcp://, ipc:// or inproc://; got {v!r}")
+    return v
+
+
+class CurveConfig(_Section):
+    """CURVE encryption and authentication for tcp:// endpoints on a facility network."""
+
+    enabled: bool = False
+    server_secret_key: Path | None = None  # zmq.auth .key_secret file of the daemon
+    authorized_keys_dir: Path | None = None  # public .key files of the allowed microscopes
+
+
+class ServerConfig(_Section):
+    endpoints: list[str] = Field(default_factory=lambda: ["tcp://127.0.0.1:5571"])
+    preview_endpoint: str | None = "tcp://127.0.0.1:5572"
+    rcvhwm_frames: int = Field(16, ge=1, le=10000)
+    sndhwm_messages: int = Field(1000, ge=1)
+    preview_hwm_frames: int = Field(2, ge=1)
+    heartbeat_s: float = Field(1.0, gt=0)
+    curve: CurveConfig = CurveConfig()
+
+    @field_validator("endpoints")
+    @classmethod
+    def _endpoints(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("at least one endpoint is needed")
+        return [_check_endpoint(e) for e in v]
+
+    @field_validator("preview_endpoint")
+    @classmethod
+    def _preview(cls, v: str | None) -> str | None:
+        return None if v is None else _check_endpoint(v)
+
+
+class StorageConfig(_Section):
+    output_dir: Path = Path("lowdose-data")
+    compression: Literal["lz4", "zstd", "none"] = "lz4"
+    compression_level: int = Field(1, ge=0, le=22)
+    fsync: bool = True
+    write_queue_frames: int = Field(64, ge=1)
+
+
+class RestoreConfig(_Section):
+    denoiser: str = "classical"
+    denoiser_options: dict[str, Any] = Field(default_factory=dict)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    policy: Literal["fifo", "latest"] = "latest"
+    batch_size: int = Field(4, ge=1, le=1024)
+    queue_frames: int = Field(32, ge=1)
+    backfill: bool = True
+    store_uncertainty: bool = True
+
+
+class MetricsConfig(_Section):
+    port: int = Field(0, ge=0, le=65535)  # 0: no Prometheus HTTP endpoint
+    address: str = "127.0.0.1"
+
+
+class HookConfig(_Section):
+    """Client side: what an acquisition hook uses to reach the daemon."""
+
+    endpoint: str = "tcp://127.0.0.1:5571"
+    memory_mb: float = Field(512.0, gt=0)  # unacked frames kept in RAM before spilling
+    spool_dir: Path = Path("lowdose-spool")
+    window_frames: int = Field(8, ge=1)  # frames in flight without an ack
+    ack_timeout_s: float = Field(3.0, gt=0)
+    heartbeat_s: float = Field(1.0, gt=0)
+    close_timeout_s: float = Field(60.0, ge=0)
+    curve_server_public_key: Path | None = None
+    curve_client_secret_key: Path | None = None
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, v: str) -> str:
+        return _check_endpoint(v)
+
+
+class LowdoseConfig(_Section):
+    server: ServerConfig = ServerConfig()
+    storage: StorageConfig = StorageConfig()
+    restore: RestoreConfig = RestoreConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    hook: HookConfig = HookConfig()
+
+
+def default_config_text() -> str:
+    """The documented default ``config.yaml`` shipped in the package."""
+    return files("lowdose").joinpath("config.yaml").read_text()
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> LowdoseConfig:
+    """Read and validate ``config.yaml``; ``None`` gives the shipped defaults."""
+    if path is None:
+        data: Any = yaml.safe_load(default_config_text())
+        where = "the default config"
+    else:
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"config file {path} does not exist; `lowdose config > {path}` writes the default one")
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+        where = str(path)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a YAML mapping of sections (server, storage, restore, metrics, hook)")
+    for dotted, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    try:
+        return LowdoseConfig.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"])
+            if err["type"] == "extra_forbidden":
+                lines.append(f"  {key}: unknown key (check the spelling against config.yaml's reference)")
+            else:
+                lines.append(f"  {key}: {err['msg']} (got {err.get('input')!r})")
+        raise ConfigError(f"invalid configuration in {where}:\n" + "\n".join(lines)) from None

@@ -1,0 +1,196 @@
+"""The restore path: scheduler batch -> denoiser -> restored store -> preview PUB.
+
+Runs in its own thread so a slow model never delays raw writes or acks. When
+the live queues are empty it backfills: frames the policy skipped (or that
+arrived while the daemon was down) are read back from the raw image and
+restored, so every run ends fully restored. A run is finalized once its raw
+stream is complete and nothing is left to restore.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Callable
+
+import numpy as np
+import zmq
+
+from lowdose.plugins.denoiser import Denoiser
+
+from .config import RestoreConfig, ServerConfig
+from .metrics import DaemonMetrics
+from .protocol import Preview, encode
+from .runs import RunRegistry, RunState
+from .scheduler import Batch, LiveItem, Scheduler
+
+log = logging.getLogger("lowdose.daemon.restore")
+
+MAX_CONSECUTIVE_FAILURES = 3
+
+
+class RestoreLoop(threading.Thread):
+    def __init__(
+        self,
+        *,
+        ctx: zmq.Context,
+        denoiser_factory: Callable[[], Denoiser],
+        runs: RunRegistry,
+        scheduler: Scheduler,
+        metrics: DaemonMetrics,
+        restore_cfg: RestoreConfig,
+        server_cfg: ServerConfig,
+    ):
+        super().__init__(name="lowdose-restore", daemon=True)
+        self.ctx = ctx
+        self.denoiser_factory = denoiser_factory
+        self.runs = runs
+        self.scheduler = scheduler
+        self.metrics = metrics
+        self.cfg = restore_cfg
+        self.server_cfg = server_cfg
+        self.stopping = threading.Event()
+        self.ready = threading.Event()
+        self.denoiser: Denoiser | None = None
+        self.startup_error: BaseException | None = None
+        self._failures: dict[str, int] = {}
+        self._backfill_turn = 0
+
+    def run(self) -> None:
+        try:
+            # built here so a CUDA context belongs to the thread that uses it
+            self.denoiser = self.denoiser_factory()
+        except BaseException as exc:  # reported by the daemon at start-up
+            self.startup_error = exc
+            self.ready.set()
+            return
+        self.ready.set()
+        pub = None
+        if self.server_cfg.preview_endpoint:
+            pub = self.ctx.socket(zmq.PUB)
+            pub.setsockopt(zmq.SNDHWM, self.server_cfg.preview_hwm_frames)
+            pub.setsockopt(zmq.LINGER, 0)
+            pub.bind(self.server_cfg.preview_endpoint)
+        try:
+            while not self.stopping.is_set():
+                batch = self.scheduler.next_batch(timeout=0.05)
+                if batch is None:
+                    batch = self._backfill_batch()
+                if batch is None:
+                    self._finalize_ready_runs()
+                    continue
+                self._restore(batch, pub)
+        finally:
+            if pub is not None:
+                pub.close(linger=0)
+
+    # -- work selection ---------------------------------------------------------------
+
+    def _backfill_batch(self) -> Batch | None:
+        if not self.cfg.backfill:
+            return None
+        candidates = [r for r in self.runs.active() if self._failures.get(r.run, 0) < MAX_CONSECUTIVE_FAILURES]
+        if not candidates:
+            return None
+        # take runs in turn so one long backlog does not starve another run's backfill
+        for k in range(len(candidates)):
+            state = candidates[(self._backfill_turn + k) % len(candidates)]
+            todo = state.store.unrestored()
+            if not todo:
+                continue
+            self._backfill_turn += k + 1
+            items = []
+            for index in todo[: self.scheduler.batch_size]:
+                pixels = state.store.read_raw(index)
+                items.append(LiveItem(run=state.run, seq=-1, index=index, pixels=pixels, received_at=time.monotonic()))
+            return Batch(run=state.run, items=tuple(items), mode="backfill")
+        return None
+
+    def _finalize_ready_runs(self) -> None:
+        for state in self.runs.active():
+            if not state.raw_complete or self.scheduler.pending(state.run):
+                continue
+            gave_up = self._failures.get(state.run, 0) >= MAX_CONSECUTIVE_FAILURES
+            if self.cfg.backfill and not gave_up and state.store.unrestored():
+                continue
+            self.finalize(state)
+
+    def finalize(self, state: RunState) -> None:
+        with state.lock:
+            if state.finished:
+                return
+            state.summary = state.store.finalize(state.end)
+            state.finished = True
+            state.counters.state = "finished"
+        self.scheduler.remove_run(state.run)
+        self.metrics.active_runs.set(len(self.runs.active()))
+        log.info("run %s finished: %s", state.run, state.store.path)
+
+    # -- the model call ------------------------------------------------------------------
+
+    def _restore(self, batch: Batch, pub: zmq.Socket | None) -> None:
+        state = self.runs.get(batch.run)
+        if state is None or state.finished:
+            return
+        assert self.denoiser is not None
+        frames = np.stack([it.pixels for it in batch.items])
+        t0 = time.perf_counter()
+        try:
+            result = self.denoiser.restore(
+                frames, offset=state.start.camera_offset, gain=state.start.camera_gain
+            )
+            unc = result.uncertainty if self.cfg.store_uncertainty else None
+            state.store.write_restored(
+                [
+                    (it.index, result.frames[i], None if unc is None else unc[i])
+                    for i, it in enumerate(batch.items)
+                ],
+                self.denoiser.info,
+                batch.mode,
+            )
+        except Exception as exc:  # a model or disk failure must not kill the loop
+            n = self._failures[state.run] = self._failures.get(state.run, 0) + 1
+            state.counters.frames_failed += len(batch.items)
+            self.metrics.frames_failed.labels(state.run).inc(len(batch.items))
+            log.exception("run %s: restoring %d frames failed (%d in a row): %s", state.run, len(batch.items), n, exc)
+            return
+        self._failures[state.run] = 0
+        elapsed = time.perf_counter() - t0
+        self.metrics.inference_seconds.observe(elapsed)
+        self.metrics.batch_size.observe(len(batch.items))
+        now = time.monotonic()
+        if batch.mode == "live":
+            state.counters.frames_restored_live += len(batch.items)
+            for it in batch.items:
+                lag = now - it.received_at
+                state.lag.add(lag)
+                self.metrics.restore_lag_seconds.observe(lag)
+            state.counters.lag_p50_s, state.counters.lag_p95_s = state.lag.percentiles()
+        else:
+            state.counters.frames_restored_backfill += len(batch.items)
+        self.metrics.frames_restored.labels(state.run, batch.mode).inc(len(batch.items))
+        state.counters.frames_skipped = self.scheduler.skipped(state.run)
+        state.counters.restore_queue = self.scheduler.pending(state.run)
+        self.metrics.restore_queue.set(self.scheduler.pending())
+        if pub is not None:
+            self._publish(pub, state, batch, result.frames)
+
+    def _publish(self, pub: zmq.Socket, state: RunState, batch: Batch, restored: np.ndarray) -> None:
+        # only the newest frame of a batch: viewers want the current picture, not every frame
+        i = len(batch.items) - 1
+        it = batch.items[i]
+        pixels = np.ascontiguousarray(restored[i])
+        msg = Preview(
+            run=state.run,
+            seq=it.seq,
+            index=it.index,
+            shape=pixels.shape,
+            dtype=str(pixels.dtype),
+            mode=batch.mode,
+            model=self.denoiser.info.name if self.denoiser else "",
+        )
+        try:
+            pub.send_multipart([state.run.encode(), *encode(msg, memoryview(pixels).cast("B"))], flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            pass  # a slow viewer loses previews, never the daemon's time

@@ -1,0 +1,403 @@
+"""The lowdose daemon: one ROUTER socket for every microscope, three threads.
+
+* I/O thread (this module): receives and validates messages, answers heartbeats
+  and status requests, queues frames for writing, forwards replies from the
+  other threads. It stops reading the socket while the write queue is full, so
+  memory stays bounded and frames wait on the hook's side instead.
+* write loop (``write_loop.py``): raw frames to disk, then acks.
+* restore loop (``restore_loop.py``): batches to the denoiser, restored frames
+  to disk, previews to viewers, backfill, finalization.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import signal
+import threading
+import time
+import uuid
+from typing import Callable
+
+import zmq
+
+from lowdose import __version__
+from lowdose.plugins.denoiser import Denoiser, create_denoiser
+
+from .config import LowdoseConfig
+from .metrics import DaemonMetrics, RunCounters
+from .protocol import (
+    Ack,
+    End,
+    Error,
+    Frame,
+    Heartbeat,
+    ProtocolError,
+    Start,
+    StatusReply,
+    StatusRequest,
+    decode,
+    encode,
+    frame_pixels,
+    ranges_from_seqs,
+)
+from .restore_loop import RestoreLoop
+from .runs import RunRegistry, RunState
+from .scheduler import Scheduler
+from .write_loop import EndReceived, Received, WriteLoop
+from .writer import RunStore, StoreError
+
+log = logging.getLogger("lowdose.daemon")
+
+MAX_MESSAGES_PER_POLL = 64
+
+
+class DaemonError(RuntimeError):
+    """The daemon cannot start; the message says why and what to change."""
+
+
+def resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    try:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:
+        return "cpu"
+
+
+class Daemon:
+    """Serve hooks until :meth:`stop`. Usable in-process (tests) or via :func:`serve`."""
+
+    def __init__(self, cfg: LowdoseConfig, denoiser_factory: Callable[[], Denoiser] | None = None):
+        self.cfg = cfg
+        self.id = uuid.uuid4().hex[:12]
+        self.started_at = time.time()
+        self.metrics = DaemonMetrics()
+        self.runs = RunRegistry()
+        self.scheduler = Scheduler(
+            batch_size=cfg.restore.batch_size,
+            queue_frames=cfg.restore.queue_frames,
+            default_policy=cfg.restore.policy,
+        )
+        self.device = resolve_device(cfg.restore.device)
+        self._denoiser_factory = denoiser_factory or (
+            lambda: create_denoiser(cfg.restore.denoiser, cfg.restore.denoiser_options, device=self.device)
+        )
+        self.ctx = zmq.Context()
+        self._outbox_address = f"inproc://lowdose-outbox-{self.id}"
+        self._inbox: queue.Queue = queue.Queue(maxsize=cfg.storage.write_queue_frames)
+        self._stop = threading.Event()
+        self._io_thread: threading.Thread | None = None
+        self._router: zmq.Socket | None = None
+        self._pull: zmq.Socket | None = None
+        self._auth = None
+        self.write_loop: WriteLoop | None = None
+        self.restore_loop: RestoreLoop | None = None
+
+    # -- life cycle -------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.cfg.storage.output_dir.mkdir(parents=True, exist_ok=True)
+        self.restore_loop = RestoreLoop(
+            ctx=self.ctx,
+            denoiser_factory=self._denoiser_factory,
+            runs=self.runs,
+            scheduler=self.scheduler,
+            metrics=self.metrics,
+            restore_cfg=self.cfg.restore,
+            server_cfg=self.cfg.server,
+        )
+        self.restore_loop.start()
+        self.restore_loop.ready.wait()
+        if self.restore_loop.startup_error is not None:
+            self.ctx.term()
+            raise DaemonError(
+                f"cannot build denoiser {self.cfg.restore.denoiser!r}: {self.restore_loop.startup_error}"
+            )
+        self._pull = self.ctx.socket(zmq.PULL)
+        self._pull.bind(self._outbox_address)
+        self._router = self._make_router()
+        self.write_loop = WriteLoop(
+            ctx=self.ctx,
+            outbox_address=self._outbox_address,
+            inbox=self._inbox,
+            runs=self.runs,
+            scheduler=self.scheduler,
+            metrics=self.metrics,
+            daemon_id=self.id,
+            on_raw_complete=self._on_raw_complete,
+        )
+        self.write_loop.start()
+        if self.cfg.metrics.port:
+            self.metrics.serve_http(self.cfg.metrics.port, self.cfg.metrics.address)
+        self._io_thread = threading.Thread(target=self._io_loop, name="lowdose-io", daemon=True)
+        self._io_thread.start()
+        log.info("lowdose daemon %s listening on %s (denoiser %s on %s)", self.id,
+                 ", ".join(self.cfg.server.endpoints), self.cfg.restore.denoiser, self.device)
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Stop receiving, write everything already received, finish the current batch."""
+        self._stop.set()
+        if self._io_thread is not None:
+            self._io_thread.join(timeout)
+        if self.write_loop is not None:
+            self.write_loop.stopping.set()
+            self.write_loop.join(timeout)
+        if self.restore_loop is not None:
+            self.restore_loop.stopping.set()
+            self.scheduler.close()
+            self.restore_loop.join(timeout)
+        for state in self.runs.all():
+            try:
+                state.store.close()
+            except Exception:  # closing must not hide the other runs
+                log.exception("closing store of run %s", state.run)
+        for sock in (self._router, self._pull):
+            if sock is not None:
+                sock.close(linger=0)
+        if self._auth is not None:
+            self._auth.stop()
+        self.ctx.term()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """True once every run that ended is finished (tests and `demo` use this)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            runs = self.runs.all()
+            if runs and all(r.finished or r.end is None for r in runs) and any(r.finished for r in runs):
+                return True
+            time.sleep(0.05)
+        return False
+
+    # -- sockets ----------------------------------------------------------------------
+
+    def _make_router(self) -> zmq.Socket:
+        scfg = self.cfg.server
+        sock = self.ctx.socket(zmq.ROUTER)
+        # small high-water marks: the frames waiting belong on the hook's side, not in here
+        sock.setsockopt(zmq.RCVHWM, scfg.rcvhwm_frames)
+        sock.setsockopt(zmq.SNDHWM, scfg.sndhwm_messages)
+        sock.setsockopt(zmq.LINGER, 0)
+        if scfg.curve.enabled:
+            self._setup_curve(sock)
+        for endpoint in scfg.endpoints:
+            try:
+                sock.bind(endpoint)
+            except zmq.ZMQError as exc:
+                sock.close(linger=0)
+                raise DaemonError(
+                    f"cannot bind {endpoint}: {exc}. Is another lowdose daemon running? "
+                    "Change server.endpoints in config.yaml or stop the other one."
+                ) from None
+        return sock
+
+    def _setup_curve(self, sock: zmq.Socket) -> None:
+        import zmq.auth
+        from zmq.auth.thread import ThreadAuthenticator
+
+        curve = self.cfg.server.curve
+        if curve.server_secret_key is None or curve.authorized_keys_dir is None:
+            raise DaemonError("server.curve.enabled needs server_secret_key and authorized_keys_dir")
+        public, secret = zmq.auth.load_certificate(str(curve.server_secret_key))
+        if secret is None:
+            raise DaemonError(f"{curve.server_secret_key} holds no secret key (use the .key_secret file)")
+        self._auth = ThreadAuthenticator(self.ctx)
+        self._auth.start()
+        self._auth.configure_curve(domain="*", location=str(curve.authorized_keys_dir))
+        sock.curve_secretkey = secret
+        sock.curve_publickey = public
+        sock.curve_server = True
+
+    def _io_loop(self) -> None:
+        assert self._router is not None and self._pull is not None
+        poller = zmq.Poller()
+        poller.register(self._pull, zmq.POLLIN)
+        poller.register(self._router, zmq.POLLIN)
+        reading = True
+        while not self._stop.is_set():
+            full = self._inbox.full()
+            if full and reading:
+                poller.modify(self._router, 0)
+                reading = False
+            elif not full and not reading:
+                poller.modify(self._router, zmq.POLLIN)
+                reading = True
+            events = dict(poller.poll(20 if not reading else 100))
+            if self._pull in events:
+                self._forward_replies()
+            if self._router in events:
+                for _ in range(MAX_MESSAGES_PER_POLL):
+                    if self._inbox.full():
+                        break
+                    try:
+                        parts = self._router.recv_multipart(zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    self._handle(parts[0].bytes, parts[1:])
+        self._forward_replies()
+
+    def _forward_replies(self) -> None:
+        assert self._router is not None and self._pull is not None
+        while True:
+            try:
+                parts = self._pull.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                self._router.send_multipart(parts, zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass  # that hook is gone; it will resend and get a fresh reply
+
+    def _reply(self, identity: bytes, msg) -> None:
+        assert self._router is not None
+        try:
+            self._router.send_multipart([identity, *encode(msg)], zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass
+
+    # -- message handling ---------------------------------------------------------------
+
+    def _handle(self, identity: bytes, parts: list) -> None:
+        try:
+            msg, payload = decode(parts)
+        except ProtocolError as exc:
+            self.metrics.messages_rejected.labels(exc.code).inc()
+            log.warning("rejected message from %r: %s", identity, exc)
+            self._reply(identity, Error(code=exc.code, reason=exc.reason, run=exc.run, seq=exc.seq, daemon=self.id))
+            return
+        if isinstance(msg, Frame):
+            self._on_frame(identity, msg, payload, parts[2])
+        elif isinstance(msg, Start):
+            self._on_start(identity, msg)
+        elif isinstance(msg, End):
+            self._on_end(identity, msg)
+        elif isinstance(msg, Heartbeat):
+            if msg.run is not None and self.runs.get(msg.run) is None:
+                self._unknown_run(identity, msg.run, None)
+            else:
+                self._reply(identity, Heartbeat(run=msg.run, daemon=self.id))
+        elif isinstance(msg, StatusRequest):
+            self._reply(identity, StatusReply(daemon=self.id, status=self.status()))
+        else:
+            self.metrics.messages_rejected.labels("unexpected_kind").inc()
+            self._reply(
+                identity,
+                Error(code="unexpected_kind", reason=f"a daemon does not accept {msg.kind!r} messages", daemon=self.id),
+            )
+
+    def _unknown_run(self, identity: bytes, run: str, seq: int | None) -> None:
+        self._reply(
+            identity,
+            Error(
+                code="unknown_run",
+                reason=f"run {run!r} has not been started on this daemon (send start first)",
+                run=run,
+                seq=seq,
+                daemon=self.id,
+            ),
+        )
+
+    def _on_start(self, identity: bytes, start: Start) -> None:
+        state = self.runs.get(start.run)
+        if state is not None:
+            if (state.start.shape, state.start.dtype) != (start.shape, start.dtype):
+                self._reply(identity, Error(code="start_mismatch", run=start.run, daemon=self.id,
+                                            reason=f"run {start.run!r} already exists with frames "
+                                                   f"{state.start.shape} {state.start.dtype}; use a new run id"))
+                return
+            state.identity = identity
+        else:
+            try:
+                store = RunStore.open(self.cfg.storage.output_dir, start, self.cfg.storage, __version__)
+            except StoreError as exc:
+                self._reply(identity, Error(code="store_failed", reason=str(exc), run=start.run, daemon=self.id))
+                return
+            counters = RunCounters(
+                run=start.run, instrument=start.instrument, store=str(store.path), policy=self.cfg.restore.policy
+            )
+            state = RunState(start=start, store=store, identity=identity, counters=counters)
+            self.runs.add(state)
+            self.scheduler.add_run(start.run)
+            self.metrics.active_runs.set(len(self.runs.active()))
+            log.info("run %s started by %s (%s) -> %s", start.run, start.instrument, start.source, store.path)
+        # tell the hook what is already stored (after a daemon restart it can drop those frames)
+        stored = ranges_from_seqs(list(state.store.raw_seqs()))
+        self._reply(identity, Ack(run=start.run, ranges=stored, daemon=self.id, finished=state.raw_complete))
+
+    def _on_frame(self, identity: bytes, frame: Frame, payload, zmq_part) -> None:
+        state = self.runs.get(frame.run)
+        if state is None:
+            self._unknown_run(identity, frame.run, frame.seq)
+            return
+        if (tuple(frame.shape), frame.dtype) != (tuple(state.start.shape), state.start.dtype):
+            self.metrics.messages_rejected.labels("shape_mismatch").inc()
+            self._reply(identity, Error(code="shape_mismatch", run=frame.run, seq=frame.seq, daemon=self.id,
+                                        reason=f"frame is {tuple(frame.shape)} {frame.dtype} but run started with "
+                                               f"{tuple(state.start.shape)} {state.start.dtype}"))
+            return
+        state.identity = identity
+        now = time.time()
+        c = state.counters
+        c.frames_received += 1
+        c.first_frame_at = c.first_frame_at or now
+        c.last_frame_at = now
+        self.metrics.frames_received.labels(frame.run).inc()
+        pixels = frame_pixels(frame, payload)
+        self._inbox.put(Received(frame=frame, pixels=pixels, received_at=time.monotonic(), keepalive=zmq_part))
+
+    def _on_end(self, identity: bytes, end: End) -> None:
+        state = self.runs.get(end.run)
+        if state is None:
+            self._unknown_run(identity, end.run, None)
+            return
+        state.identity = identity
+        self._inbox.put(EndReceived(end=end))
+
+    def _on_raw_complete(self, state: RunState) -> None:
+        state.counters.state = "restoring"
+
+    # -- status -----------------------------------------------------------------------
+
+    def status(self) -> dict:
+        runs = []
+        for state in self.runs.all():
+            c = state.counters
+            c.restore_queue = self.scheduler.pending(state.run)
+            c.frames_skipped = max(c.frames_skipped, self.scheduler.skipped(state.run))
+            runs.append(c.snapshot())
+        info = self.restore_loop.denoiser.info if self.restore_loop and self.restore_loop.denoiser else None
+        return {
+            "daemon": self.id,
+            "version": __version__,
+            "uptime_s": time.time() - self.started_at,
+            "endpoints": self.cfg.server.endpoints,
+            "denoiser": None if info is None else {"name": info.name, "version": info.version, "device": info.device},
+            "policy": self.cfg.restore.policy,
+            "write_queue": self._inbox.qsize(),
+            "restore_queue": self.scheduler.pending(),
+            "runs": runs,
+        }
+
+
+def serve(cfg: LowdoseConfig, *, ready: Callable[[Daemon], None] | None = None) -> None:
+    """Run a daemon until SIGINT or SIGTERM, then finish what it holds and exit."""
+    daemon = Daemon(cfg)
+    daemon.start()
+    stop = threading.Event()
+
+    def _on_signal(signum, _frame):
+        log.info("signal %d: finishing what the daemon holds, then exiting", signum)
+        stop.set()
+
+    previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        if ready is not None:
+            ready(daemon)
+        while not stop.wait(0.5):
+            pass
+    finally:
+        daemon.stop()
+        for s, handler in previous.items():
+            signal.signal(s, handler)

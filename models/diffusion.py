@@ -1,0 +1,140 @@
+"""The conditional diffusion process: training loss and samplers.
+
+A plain class holding the schedule; the network (or any callable with the
+network's signature, e.g. a tiled wrapper from the engine) is passed per call,
+so inference needs nothing from training and vice versa.
+
+Data space: ``x0`` is the clean frame after the engine's normalisation mapped
+to roughly [-1, 1]; ``cond`` is the normalised low-dose frame in the same space.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+import torch
+
+from . import schedule
+
+# net(x: (B, 2, H, W) = [x_t, cond], log_snr: (B,)) -> eps or v prediction (B, 1, H, W)
+DenoiseFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Prediction = Literal["eps", "v"]
+
+
+@dataclass(frozen=True)
+class SampleResult:
+    mean: torch.Tensor  # (B, 1, H, W) average over the K samples
+    std: torch.Tensor | None  # per-pixel standard deviation over the K samples (K >= 2)
+    evaluations: int  # network evaluations per sample
+
+
+class ConditionalDiffusion:
+    def __init__(self, steps: int = 200, prediction: Prediction = "eps") -> None:
+        if prediction not in ("eps", "v"):
+            raise ValueError(f"prediction must be 'eps' or 'v', got {prediction!r}")
+        self.steps = steps
+        self.prediction = prediction
+        self.alpha_bars = schedule.discrete_alpha_bars(steps)  # float64, length steps + 1
+
+    # ----------------------------------------------------------------- training
+    def loss(
+        self, net: DenoiseFn, x0: torch.Tensor, cond: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """MSE of the eps (or v) prediction at a continuous random noise level."""
+        b = x0.shape[0]
+        t = torch.rand(b, generator=generator, device="cpu").to(x0.device)
+        ab = schedule.alpha_bar(t).to(x0.dtype)[:, None, None, None]
+        eps = torch.randn(x0.shape, generator=generator, device="cpu").to(x0.device, x0.dtype)
+        xt = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+        pred = net(torch.cat([xt, cond], 1), schedule.log_snr(ab.flatten()))
+        target = eps if self.prediction == "eps" else ab.sqrt() * eps - (1 - ab).sqrt() * x0
+        return torch.mean((pred - target) ** 2)
+
+    # ----------------------------------------------------------------- helpers
+    def _predict(
+        self, net: DenoiseFn, xt: torch.Tensor, cond: torch.Tensor, ab: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x0_hat, eps_hat) at discrete level alpha_bar = ``ab``."""
+        lsnr = schedule.log_snr(torch.full((xt.shape[0],), ab, dtype=torch.float64)).float().to(xt.device)
+        out = net(torch.cat([xt, cond], 1), lsnr).float()
+        sa, s1 = ab**0.5, (1 - ab) ** 0.5
+        if self.prediction == "eps":
+            eps = out
+            x0 = (xt - s1 * eps) / sa
+        else:
+            x0 = sa * xt - s1 * out
+            eps = s1 * xt + sa * out
+        return x0, eps
+
+    @staticmethod
+    def _noise(shape: torch.Size, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+        # Drawn on the CPU so a seed gives the same samples on every device.
+        return torch.randn(shape, generator=generator, dtype=torch.float32).to(device)
+
+    # ----------------------------------------------------------------- samplers
+    @torch.no_grad()
+    def sample_ancestral(
+        self, net: DenoiseFn, cond: torch.Tensor, generator: torch.Generator
+    ) -> torch.Tensor:
+        """The paper's sampler: the ancestral DDPM chain through all ``steps`` steps."""
+        shape = (cond.shape[0], 1, *cond.shape[2:])
+        x = self._noise(shape, generator, cond.device)
+        abs_ = self.alpha_bars.tolist()
+        for i in range(self.steps, 0, -1):
+            ab_t, ab_prev = abs_[i], abs_[i - 1]
+            beta = 1 - ab_t / ab_prev
+            x0, eps = self._predict(net, x, cond, ab_t)
+            # posterior mean of q(x_{t-1} | x_t, x0)
+            c0 = ab_prev**0.5 * beta / (1 - ab_t)
+            ct = (1 - beta) ** 0.5 * (1 - ab_prev) / (1 - ab_t)
+            x = c0 * x0 + ct * x
+            if i > 1:
+                var = beta * (1 - ab_prev) / (1 - ab_t)
+                x = x + var**0.5 * self._noise(shape, generator, cond.device)
+        return x
+
+    @torch.no_grad()
+    def sample_ddim(
+        self, net: DenoiseFn, cond: torch.Tensor, generator: torch.Generator, steps: int = 10
+    ) -> torch.Tensor:
+        """Deterministic DDIM (eta = 0) over ``steps`` of the T-step grid.
+
+        Only the initial noise is random, so a sample is a deterministic
+        function of (seed, cond).
+        """
+        shape = (cond.shape[0], 1, *cond.shape[2:])
+        x = self._noise(shape, generator, cond.device)
+        grid = schedule.sampling_grid(self.steps, steps)
+        abs_ = self.alpha_bars.tolist()
+        for i, j in zip(grid[:-1], grid[1:]):
+            x0, eps = self._predict(net, x, cond, abs_[i])
+            x = abs_[j] ** 0.5 * x0 + (1 - abs_[j]) ** 0.5 * eps if j > 0 else x0
+        return x
+
+    @torch.no_grad()
+    def sample(
+        self,
+        net: DenoiseFn,
+        cond: torch.Tensor,
+        *,
+        samples: int = 1,
+        sampler: Literal["ddim", "ancestral"] = "ddim",
+        steps: int = 10,
+        seed: int = 0,
+    ) -> SampleResult:
+        """K samples per condition, run as one batch; their mean and per-pixel std."""
+        if samples < 1:
+            raise ValueError(f"samples must be >= 1, got {samples}")
+        g = torch.Generator().manual_seed(seed)
+        b = cond.shape[0]
+        rep = cond.repeat_interleave(samples, 0)
+        if sampler == "ancestral":
+            x, evals = self.sample_ancestral(net, rep, g), self.steps
+        elif sampler == "ddim":
+            x, evals = self.sample_ddim(net, rep, g, steps), steps
+        else:
+            raise ValueError(f"unknown sampler {sampler!r}; use 'ddim' or 'ancestral'")
+        x = x.reshape(b, samples, *x.shape[1:])
+        std = x.std(1, unbiased=True) if samples > 1 else None
+        return SampleResult(mean=x.mean(1), std=std, evaluations=evals)

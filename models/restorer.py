@@ -1,0 +1,150 @@
+"""Denoiser objects built from checkpoints: what ``lowdose.models.load`` returns.
+
+They satisfy :class:`lowdose.plugins.denoiser.Denoiser`: frames in ADU in,
+frames in the same shape, dtype and units out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from lowdose.plugins.denoiser import BaseDenoiser, DenoiserInfo
+
+from . import normalize
+from .checkpoint import Checkpoint, build_from_checkpoint
+from .diffusion import ConditionalDiffusion
+from .engine import EnginePlan, InferenceEngine, plan_tiles
+
+
+def to_diffusion_space(u: torch.Tensor) -> torch.Tensor:
+    """Normalised [0, ~1] intensities -> the DDPM's roughly [-1, 1] data space."""
+    return 2.0 * u - 1.0
+
+
+def from_diffusion_space(x: torch.Tensor) -> torch.Tensor:
+    return (x + 1.0) / 2.0
+
+
+class _LearnedBase(BaseDenoiser):
+    bytes_per_px_per_channel = 48.0
+    default_overlap = 64
+    max_tile: int | None = None
+
+    def __init__(
+        self, ckpt: Checkpoint, *, name: str, device: str = "auto", tile: int | None = None,
+        overlap: int | None = None, batch: int | None = None, path: str | Path = "<memory>",
+    ) -> None:
+        self.checkpoint = ckpt
+        self.engine = InferenceEngine(device)
+        self.net = self.engine.prepare(build_from_checkpoint(ckpt, path))
+        self.spec = normalize.NormSpec(**ckpt.normalisation)
+        self.tile = tile
+        self.overlap = self.default_overlap if overlap is None else overlap
+        self.batch = batch
+        self.name = name
+        self.multiple: int = int(getattr(self.net, "multiple", 8))
+        base = float(ckpt.arch.get("base", 16))
+        self.bytes_per_px = self.bytes_per_px_per_channel * base
+        self.info = self._info()
+
+    def _parameters(self) -> dict[str, Any]:
+        return {"kind": self.checkpoint.kind, "arch": self.checkpoint.arch}
+
+    def _info(self) -> DenoiserInfo:
+        plan = self.plan((self.tile or 2048, self.tile or 2048), 1)
+        return DenoiserInfo(
+            name=self.name, version=self.checkpoint.lowdose_version or "unknown",
+            checksum=self.checkpoint.checksum, parameters=self._parameters(),
+            preferred_batch=plan.batch, tile_size=plan.tile, device=str(self.engine.device),
+            has_uncertainty=False,
+        )
+
+    def plan(self, shape: tuple[int, int], n: int) -> EnginePlan:
+        return plan_tiles(
+            self.engine.device, self.bytes_per_px, shape, n, tile=self.tile, batch=self.batch,
+            multiple=self.multiple, max_tile=self.max_tile,
+        )
+
+
+class NetworkDenoiser(_LearnedBase):
+    """One forward pass per frame: the fast UNet and Noise2Void."""
+
+    def _restore_float(
+        self, frames: np.ndarray, *, offset: float | None, gain: float | None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        scale = normalize.fit_scale(frames, self.spec, offset, gain)
+        x = torch.from_numpy(normalize.to_unit(frames, scale))[:, None]
+        plan = self.plan(frames.shape[1:], frames.shape[0])
+        y = self.engine.tiled(self.net, x, plan=plan, overlap=self.overlap, multiple=self.multiple)
+        return normalize.from_unit(y[:, 0].cpu().numpy(), scale), None
+
+
+class DiffusionDenoiser(_LearnedBase):
+    """The conditional DDPM: K samples per frame, averaged; their std as uncertainty."""
+
+    bytes_per_px_per_channel = 160.0
+    default_overlap = 32
+    max_tile = 256  # the network (GroupNorm, attention) was trained on small crops
+
+    def __init__(
+        self, ckpt: Checkpoint, *, samples: int = 4, sampler: Literal["ddim", "ancestral"] = "ddim",
+        steps: int = 10, seed: int = 0, **kw: Any,
+    ) -> None:
+        self.samples = int(samples)
+        self.sampler = sampler
+        self.steps = int(steps)
+        self.seed = int(seed)
+        self.diffusion = ConditionalDiffusion(
+            steps=int(ckpt.diffusion.get("steps", 200)), prediction=ckpt.diffusion.get("prediction", "eps")
+        )
+        super().__init__(ckpt, **kw)
+        self.info = replace(self.info, has_uncertainty=self.samples > 1)
+
+    def _parameters(self) -> dict[str, Any]:
+        return {
+            **super()._parameters(), "samples": self.samples, "sampler": self.sampler,
+            "steps": self.steps if self.sampler == "ddim" else self.diffusion.steps, "seed": self.seed,
+        }
+
+    def _restore_float(
+        self, frames: np.ndarray, *, offset: float | None, gain: float | None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        scale = normalize.fit_scale(frames, self.spec, offset, gain)
+        u = torch.from_numpy(normalize.to_unit(frames, scale))[:, None]
+        means, stds = [], []
+        for i in range(frames.shape[0]):
+            cond = to_diffusion_space(u[i : i + 1]).to(self.engine.device)
+            plan = self.plan(frames.shape[1:], self.samples)
+
+            def net_fn(x: torch.Tensor, log_snr: torch.Tensor) -> torch.Tensor:
+                # Every item of a sampler step shares one noise level, so the tiles can too.
+                def tile_fn(t: torch.Tensor) -> torch.Tensor:
+                    return self.net(t, log_snr[:1].expand(t.shape[0]).to(t.device))
+
+                return self.engine.tiled(tile_fn, x, plan=plan, overlap=self.overlap, multiple=self.multiple)
+
+            res = self.diffusion.sample(
+                net_fn, cond, samples=self.samples, sampler=self.sampler, steps=self.steps,
+                seed=self.seed + i,
+            )
+            means.append(from_diffusion_space(res.mean)[0, 0].cpu().numpy())
+            if res.std is not None:
+                stds.append((res.std / 2.0)[0, 0].cpu().numpy())
+        out = normalize.from_unit(np.stack(means), scale)
+        unc = normalize.std_from_unit(np.stack(stds), scale) if stds else None
+        return out, unc
+
+
+def denoiser_from_checkpoint(
+    ckpt: Checkpoint, *, name: str, path: str | Path = "<memory>", device: str = "auto", **options: Any
+) -> BaseDenoiser:
+    cls = DiffusionDenoiser if ckpt.kind == "ddpm" else NetworkDenoiser
+    try:
+        return cls(ckpt, name=name, path=path, device=device, **options)
+    except TypeError as exc:
+        raise TypeError(f"bad option for model {name!r} ({ckpt.kind}): {exc}") from exc
