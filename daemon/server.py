@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import signal
 import threading
@@ -24,6 +25,7 @@ import zmq
 from lowdose import __version__
 from lowdose.plugins.denoiser import Denoiser, create_denoiser
 
+from .client import DaemonUnreachable, query_status
 from .config import LowdoseConfig
 from .metrics import DaemonMetrics, RunCounters
 from .protocol import (
@@ -183,6 +185,7 @@ class Daemon:
         if scfg.curve.enabled:
             self._setup_curve(sock)
         for endpoint in scfg.endpoints:
+            self._refuse_live_ipc(endpoint, sock)
             try:
                 sock.bind(endpoint)
             except zmq.ZMQError as exc:
@@ -192,6 +195,22 @@ class Daemon:
                     "Change server.endpoints in config.yaml or stop the other one."
                 ) from None
         return sock
+
+    @staticmethod
+    def _refuse_live_ipc(endpoint: str, sock: zmq.Socket) -> None:
+        # binding ipc:// silently unlinks a live daemon's socket file and steals its clients
+        path = endpoint.removeprefix("ipc://")
+        if not endpoint.startswith("ipc://") or not os.path.exists(path):
+            return
+        try:
+            query_status(endpoint, timeout=0.5)
+        except DaemonUnreachable:
+            return  # a stale socket file left by a crashed daemon: safe to take over
+        sock.close(linger=0)
+        raise DaemonError(
+            f"cannot bind {endpoint}: another lowdose daemon is serving it. "
+            "Stop it, or change server.endpoints in config.yaml."
+        )
 
     def _setup_curve(self, sock: zmq.Socket) -> None:
         import zmq.auth

@@ -126,16 +126,18 @@ class WriteLoop(threading.Thread):
             return
         self.metrics.write_seconds.observe(time.perf_counter() - t0)
         stored_set = set(stored)
-        new = [r for r in batch if r.frame.seq in stored_set and r.frame.seq not in before]
+        new: list[Received] = []
+        seen: set[int] = set()
+        for r in batch:
+            seq = r.frame.seq
+            if seq in stored_set and seq not in before and seq not in seen:
+                seen.add(seq)
+                new.append(r)
         state.counters.frames_written += len(new)
         state.counters.frames_duplicate += len(batch) - len(new)
         self.metrics.frames_written.labels(state.run).inc(len(new))
         outbox.send(state.identity, Ack(run=state.run, ranges=ranges_from_seqs(stored), daemon=self.daemon_id))
-        seen: set[int] = set()
         for r in new:
-            if r.frame.seq in seen:
-                continue
-            seen.add(r.frame.seq)
             self.scheduler.offer(
                 LiveItem(run=state.run, seq=r.frame.seq, index=r.frame.index, pixels=r.pixels, received_at=r.received_at)
             )

@@ -20,6 +20,7 @@ from . import schedule
 # net(x: (B, 2, H, W) = [x_t, cond], log_snr: (B,)) -> eps or v prediction (B, 1, H, W)
 DenoiseFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Prediction = Literal["eps", "v"]
+X0_BOUNDS = (-3.0, 7.0)
 
 
 @dataclass(frozen=True)
@@ -60,11 +61,14 @@ class ConditionalDiffusion:
         out = net(torch.cat([xt, cond], 1), lsnr).float()
         sa, s1 = ab**0.5, (1 - ab) ** 0.5
         if self.prediction == "eps":
-            eps = out
-            x0 = (xt - s1 * eps) / sa
+            x0 = (xt - s1 * out) / sa
         else:
             x0 = sa * xt - s1 * out
-            eps = s1 * xt + sa * out
+        # At the noisiest steps an eps model's x0 estimate divides by sqrt(alpha_bar) ~ 1e-4;
+        # bounding it far outside the data range (normalised frames live in ~[-1, 3]) keeps the
+        # chain stable without touching any plausible intensity.
+        x0 = x0.clamp(*X0_BOUNDS)
+        eps = (xt - sa * x0) / s1
         return x0, eps
 
     @staticmethod

@@ -1,6 +1,12 @@
-"""The identity "denoiser": restored = raw. For throughput tests and as a pass-through."""
+"""The identity "denoiser": restored = raw. For throughput tests and as a pass-through.
+
+``delay_ms`` makes it pretend to be a slow model (per frame), to exercise the
+live policies and backfill without a GPU.
+"""
 
 from __future__ import annotations
+
+import time
 
 import numpy as np
 
@@ -10,8 +16,18 @@ from .denoiser import DenoiserInfo, Restoration, check_frames
 
 
 class IdentityDenoiser:
-    def __init__(self, device: str = "cpu"):
-        self.info = DenoiserInfo(name="identity", version=__version__, preferred_batch=64, device="cpu")
+    def __init__(self, device: str = "cpu", delay_ms: float = 0.0):
+        self.delay_ms = float(delay_ms)
+        self.info = DenoiserInfo(
+            name="identity",
+            version=__version__,
+            parameters={"delay_ms": self.delay_ms},
+            preferred_batch=64,
+            device="cpu",
+        )
 
     def restore(self, frames: np.ndarray, *, offset: float | None = None, gain: float | None = None) -> Restoration:
-        return Restoration(frames=check_frames(frames).copy())
+        frames = check_frames(frames)
+        if self.delay_ms:
+            time.sleep(self.delay_ms * len(frames) / 1000.0)
+        return Restoration(frames=frames.copy())

@@ -1,0 +1,301 @@
+"""Training of the fast UNet (paired), Noise2Void (self-supervised) and the DDPM.
+
+``main_train`` is the entry point the ``lowdose train`` command calls;
+``train_recipe`` reproduces a shipped model from the simulator.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import metrics, normalize
+from .checkpoint import Checkpoint, CheckpointError, build_from_checkpoint, load_checkpoint, lowdose_version, save_checkpoint
+from .data import Batch, FramesSource, SimulatedSource, Source, load_frames
+from .diffusion import ConditionalDiffusion
+from .n2v import blind_spot_mask
+from .registry import resolve
+from .restorer import from_diffusion_space, to_diffusion_space
+from .unet import build_network, count_parameters
+
+ModelKind = Literal["unet", "n2v", "ddpm"]
+
+DEFAULT_ARCH: dict[str, dict[str, Any]] = {
+    "unet": {"name": "FastUNet", "base": 16, "depth": 3, "residual": True, "blind_spot_safe": False},
+    "n2v": {"name": "FastUNet", "base": 16, "depth": 3, "residual": False, "blind_spot_safe": True},
+    "ddpm": {"name": "DiffusionUNet", "base": 32, "mults": [1, 2, 2], "blocks": 1, "attention": True},
+}
+
+
+@dataclass
+class TrainConfig:
+    model: ModelKind
+    out_dir: Path
+    low: Path | None = None  # low-dose (noisy) frames: TIFF, TIFF folder, Zarr / lowdose .ome.zarr
+    high: Path | None = None  # matching high-dose frames for paired training (unet, ddpm)
+    simulate: bool = False  # train on the built-in simulator instead of files
+    offset: float | None = None  # camera offset (ADU) of the user data; None: estimated
+    gain: float | None = None  # ADU per electron of the user data; None: 1
+    epochs: int = 10
+    steps_per_epoch: int = 200
+    batch: int = 8
+    crop: int = 96
+    lr: float = 1e-3
+    arch: dict[str, Any] = field(default_factory=dict)  # overrides of DEFAULT_ARCH
+    prediction: Literal["eps", "v"] = "eps"  # ddpm only
+    ema: float = 0.999
+    seed: int = 0
+    resume: bool = False  # continue from out_dir/last.pt
+    finetune: str | None = None  # shipped model name or checkpoint path to start from
+    val_size: int = 12
+    val_fraction: float = 0.1
+    threads: int | None = 2
+    device: str = "auto"
+    progress: bool = True
+    recipe: str | None = None
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _sources(cfg: TrainConfig) -> tuple[Source, Batch]:
+    """Training source and a fixed validation batch."""
+    val_crop = max(cfg.crop, 128)
+    if cfg.simulate:
+        src = SimulatedSource(seed=cfg.seed)
+        val = SimulatedSource(seed=cfg.seed + 7777, n_scenes=5).sample(cfg.val_size, val_crop, np.random.default_rng(1))
+        return src, val
+    if cfg.low is None:
+        raise ValueError("give training data (low=..., and high=... for paired training) or simulate=True")
+    noisy = load_frames(cfg.low)
+    clean = load_frames(cfg.high) if cfg.high is not None else None
+    if cfg.model in ("unet", "ddpm") and clean is None:
+        raise ValueError(f"model {cfg.model!r} trains on pairs: give high=... (or use model='n2v')")
+    if cfg.model == "n2v":
+        clean = clean  # kept only to report PSNR/SSIM when targets happen to exist
+    offset = cfg.offset if cfg.offset is not None else normalize.estimate_offset(noisy[: min(len(noisy), 16)])
+    src = FramesSource(noisy, clean, offset, cfg.gain or 1.0, str(cfg.low))
+    train_src, val_src = src.split(cfg.val_fraction)
+    val = val_src.sample(cfg.val_size, min(val_crop, *noisy.shape[1:]), np.random.default_rng(1))
+    return train_src, val
+
+
+def _normalise(b: Batch, spec: normalize.NormSpec) -> tuple[torch.Tensor, torch.Tensor | None]:
+    scale = normalize.fit_scale(b.noisy, spec, b.offset, b.gain)
+    x = torch.from_numpy(normalize.to_unit(b.noisy, scale))[:, None]
+    y = None if b.clean is None else torch.from_numpy(normalize.to_unit(b.clean, scale))[:, None]
+    return x, y
+
+
+# --------------------------------------------------------------------------- model pieces
+
+
+class _Objective:
+    """Loss and prediction of one model kind, on normalised tensors."""
+
+    def __init__(self, kind: ModelKind, prediction: str, seed: int) -> None:
+        self.kind = kind
+        self.diffusion = ConditionalDiffusion(200, prediction) if kind == "ddpm" else None  # type: ignore[arg-type]
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def loss(self, net: nn.Module, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        if self.kind == "unet":
+            assert y is not None
+            return torch.mean((net(x) - y) ** 2)
+        if self.kind == "n2v":
+            masked, mask = blind_spot_mask(x, generator=self.gen)
+            return torch.sum(((net(masked) - x) ** 2) * mask) / mask.sum()
+        assert y is not None and self.diffusion is not None
+        return self.diffusion.loss(net, to_diffusion_space(y), to_diffusion_space(x), self.gen)
+
+    @torch.no_grad()
+    def predict(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self.diffusion is None:
+            return net(x)
+        res = self.diffusion.sample(net, to_diffusion_space(x), samples=1, sampler="ddim", steps=10, seed=0)
+        return from_diffusion_space(res.mean)
+
+
+def _validate(
+    obj: _Objective, net: nn.Module, val: Batch, spec: normalize.NormSpec, device: torch.device
+) -> dict[str, float]:
+    net.eval()
+    x, y = _normalise(val, spec)
+    with torch.no_grad():
+        pred = torch.cat([obj.predict(net, x[i : i + 4].to(device)).cpu() for i in range(0, len(x), 4)])
+        out: dict[str, float] = {"val_loss": float(obj.loss(net, x.to(device), None if y is None else y.to(device)))}
+    net.train()
+    if y is None:
+        return out
+    p, t = pred[:, 0].numpy(), y[:, 0].numpy()
+    out["val_psnr"] = float(np.mean([metrics.psnr(t[i], p[i]) for i in range(len(t))]))
+    out["val_ssim"] = float(np.mean([metrics.ssim(t[i], p[i]) for i in range(len(t))]))
+    out["val_psnr_input"] = float(np.mean([metrics.psnr(t[i], x[i, 0].numpy()) for i in range(len(t))]))
+    return out
+
+
+def _lr_at(step: int, total: int, base: float) -> float:
+    warm = min(100, total // 10 + 1)
+    if step < warm:
+        return base * (step + 1) / warm
+    return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm))))
+
+
+# --------------------------------------------------------------------------- main loop
+
+
+def _train_step(
+    cfg: TrainConfig, obj: _Objective, net: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer,
+    source: Source, rng: np.random.Generator, spec: normalize.NormSpec, step: int, total: int,
+    device: torch.device,
+) -> float:
+    x, y = _normalise(source.sample(cfg.batch, cfg.crop, rng), spec)
+    for g in opt.param_groups:
+        g["lr"] = _lr_at(step, total, cfg.lr)
+    loss = obj.loss(net, x.to(device), None if y is None else y.to(device))
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+    opt.step()
+    decay = min(cfg.ema, (1 + step) / (10 + step))  # short runs: the EMA warms up
+    with torch.no_grad():
+        for pe, p in zip(ema.parameters(), net.parameters()):
+            pe.lerp_(p, 1 - decay)
+    return loss.item()
+
+
+def _init_model(cfg: TrainConfig) -> tuple[nn.Module, dict[str, Any], str | None]:
+    if cfg.finetune:
+        _, path = resolve(cfg.finetune)
+        base_ckpt = load_checkpoint(path)
+        if base_ckpt.kind != cfg.model:
+            raise CheckpointError(f"cannot fine-tune a {cfg.model!r} model from a {base_ckpt.kind!r} checkpoint")
+        return build_from_checkpoint(base_ckpt, path), dict(base_ckpt.arch), f"{path} ({base_ckpt.checksum[:12]})"
+    arch = {**DEFAULT_ARCH[cfg.model], **cfg.arch}
+    return build_network(arch), arch, None
+
+
+def _jsonable(cfg: TrainConfig) -> dict[str, Any]:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
+
+
+def main_train(cfg: TrainConfig, on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> Path:
+    """Train (or resume / fine-tune) a model; returns the path of the best checkpoint.
+
+    Writes ``out_dir/last.pt`` (resumable, with optimizer state) after every
+    epoch and ``out_dir/best.pt`` (EMA weights, best validation score).
+    """
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    from .engine import resolve_device
+
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    out_dir = Path(cfg.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    spec = normalize.NormSpec()
+    source, val = _sources(cfg)
+    net, arch, finetuned_from = _init_model(cfg)
+    net = net.to(device).train()
+    ema = copy.deepcopy(net).eval()
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
+    obj = _Objective(cfg.model, cfg.prediction, cfg.seed)
+    history: list[dict[str, float]] = []
+    start_epoch, step, best = 0, 0, -float("inf")
+    last = out_dir / "last.pt"
+    if cfg.resume:
+        ck = load_checkpoint(last)
+        if ck.optimizer is None:
+            raise CheckpointError(f"{last} has no optimizer state; it cannot be resumed")
+        net.load_state_dict(ck.optimizer["raw_state"])
+        ema.load_state_dict(ck.state_dict)
+        opt.load_state_dict(ck.optimizer["optim"])
+        start_epoch, step = int(ck.training["epoch"]), int(ck.training["step"])
+        history = list(ck.metrics.get("history", []))
+        best = float(ck.metrics.get("best_score", best))
+        arch = ck.arch
+    rng = np.random.default_rng(cfg.seed + 1000 * start_epoch)
+    total = cfg.epochs * cfg.steps_per_epoch
+    t0 = time.time()
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    console = Console(stderr=True)
+    for epoch in range(start_epoch, cfg.epochs):
+        losses: list[float] = []
+        progress = Progress(
+            TextColumn(f"{cfg.model} epoch {epoch + 1}/{cfg.epochs}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn(), console=console,
+            disable=not cfg.progress, transient=True,
+        )
+        with progress:
+            task = progress.add_task("train", total=cfg.steps_per_epoch, loss="-")
+            for _ in range(cfg.steps_per_epoch):
+                loss_value = _train_step(cfg, obj, net, ema, opt, source, rng, spec, step, total, device)
+                step += 1
+                losses.append(loss_value)
+                progress.update(task, advance=1, loss=f"{np.mean(losses[-50:]):.4g}")
+        scores = _validate(obj, ema, val, spec, device)
+        scores.update(epoch=epoch + 1, step=step, train_loss=float(np.mean(losses)), minutes=(time.time() - t0) / 60)
+        history.append(scores)
+        score = scores.get("val_psnr", -scores["val_loss"])
+        ckpt = Checkpoint(
+            kind=cfg.model, arch=arch, state_dict={k: v.detach().cpu().clone() for k, v in ema.state_dict().items()},
+            normalisation=spec.to_dict(),
+            noise_model={"type": "poisson-gaussian", "units": "ADU", **(
+                source.summary() if cfg.simulate else {"offset": getattr(source, "offset", None), "gain": getattr(source, "gain", None)}
+            )},
+            diffusion={"steps": 200, "schedule": "cosine", "prediction": cfg.prediction} if cfg.model == "ddpm" else {},
+            data={**source.summary(), "crop": cfg.crop, "val_size": cfg.val_size},
+            metrics={"history": history, "best_score": max(best, score), "last": scores,
+                     "parameters": count_parameters(net)},
+            training={"epoch": epoch + 1, "step": step, "config": _jsonable(cfg), "recipe": cfg.recipe,
+                      "finetuned_from": finetuned_from},
+            lowdose_version=lowdose_version(),
+            optimizer={"optim": opt.state_dict(), "raw_state": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}},
+        )
+        save_checkpoint(ckpt, last)
+        if score > best:
+            best = score
+            save_checkpoint(ckpt, out_dir / "best.pt", with_optimizer=False)
+        msg = ", ".join(f"{k}={v:.4g}" for k, v in scores.items() if isinstance(v, float))
+        if cfg.progress:
+            console.print(f"[{cfg.model}] epoch {epoch + 1}/{cfg.epochs}: {msg}")
+        if on_epoch:
+            on_epoch(epoch + 1, scores)
+    return out_dir / "best.pt"
+
+
+# --------------------------------------------------------------------------- recipes
+
+
+# Budgets chosen to fit ~10-15 min each on a 2-core CPU; on a GPU, raise
+# steps_per_epoch/epochs (and width) for better models.
+RECIPES: dict[str, dict[str, Any]] = {
+    "unet": dict(model="unet", epochs=10, steps_per_epoch=250, batch=8, crop=96, lr=2e-3),
+    "n2v": dict(model="n2v", epochs=10, steps_per_epoch=150, batch=8, crop=96, lr=1e-3),
+    "ddpm": dict(model="ddpm", epochs=12, steps_per_epoch=150, batch=8, crop=64, lr=5e-4, ema=0.995),
+}
+
+
+def train_recipe(name: str, out_dir: Path, *, scale: float = 1.0, **overrides: Any) -> Path:
+    """Reproduce a shipped model from the simulator; ``scale`` multiplies the step budget."""
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; recipes: {', '.join(RECIPES)}")
+    kw = {**RECIPES[name], **overrides}
+    kw["steps_per_epoch"] = max(1, int(kw["steps_per_epoch"] * scale))
+    return main_train(TrainConfig(out_dir=Path(out_dir), simulate=True, recipe=name, **kw))
+
+
+def export_model(checkpoint: Path, dest: Path) -> str:
+    """Copy a checkpoint without optimizer state (the shipped form); returns its sha256."""
+    ck = load_checkpoint(checkpoint)
+    return save_checkpoint(ck, dest, with_optimizer=False)

@@ -1,0 +1,165 @@
+"""The daemon, in-process, over real ZeroMQ sockets and real Zarr stores."""
+
+import time
+
+import msgpack
+import numpy as np
+import pytest
+import zarr
+
+from lowdose.daemon import protocol as p
+from lowdose.daemon.client import DaemonUnreachable, query_status
+from lowdose.daemon.config import load_config
+from lowdose.daemon.server import Daemon, DaemonError
+from wire_client import WireClient, acked, ramp
+
+
+def _cfg(tmp_path, **restore):
+    return load_config(
+        None,
+        overrides={
+            "server.endpoints": [f"ipc://{tmp_path}/d.sock"],
+            "server.preview_endpoint": f"ipc://{tmp_path}/preview.sock",
+            "storage.output_dir": str(tmp_path / "data"),
+            "storage.fsync": False,
+            "restore.denoiser": "identity",
+            **{f"restore.{k}": v for k, v in restore.items()},
+        },
+    )
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    d = Daemon(_cfg(tmp_path, policy="fifo"))
+    d.start()
+    yield d
+    d.stop()
+
+
+def _start(run, shape=(32, 48), **kw):
+    return p.Start(run=run, shape=shape, dtype="uint16", instrument="test", sizes={"t": kw.pop("t", 0)}, **kw)
+
+
+def test_frames_are_written_acked_restored_and_finalized(daemon, tmp_path):
+    c = WireClient(daemon.cfg.server.endpoints[0])
+    c.send(_start("run-a"))
+    for seq in range(20):
+        c.send_frame("run-a", seq, ramp(seq), t=seq)
+    c.send(p.End(run="run-a", frames=20))
+    fin, seen = c.recv_until(lambda m: isinstance(m, p.Ack) and m.finished)
+    assert acked(seen) == set(range(20))
+    assert daemon.wait_idle(30)
+    root = zarr.open_group(str(tmp_path / "data" / "run-a.ome.zarr"), mode="r")
+    raw, restored = root["raw/0"], root["restored/0"]
+    assert raw.shape == restored.shape == (20, 1, 1, 32, 48)
+    for t in (0, 7, 19):
+        np.testing.assert_array_equal(raw[t, 0, 0], ramp(t))
+        np.testing.assert_array_equal(restored[t, 0, 0], ramp(t))  # identity denoiser
+    c.close()
+
+
+def test_resent_frames_are_stored_once(daemon, tmp_path):
+    c = WireClient(daemon.cfg.server.endpoints[0])
+    c.send(_start("run-dup"))
+    for seq in (0, 1, 2, 1, 2, 3):
+        c.send_frame("run-dup", seq, ramp(seq), t=seq)
+    c.send(p.End(run="run-dup", frames=4))
+    c.recv_until(lambda m: isinstance(m, p.Ack) and m.finished)
+    assert daemon.wait_idle(30)
+    st = query_status(daemon.cfg.server.endpoints[0])
+    run = next(r for r in st["runs"] if r["run"] == "run-dup")
+    assert run["frames_written"] == 4 and run["frames_duplicate"] == 2
+    raw = zarr.open_array(str(tmp_path / "data" / "run-dup.ome.zarr" / "raw" / "0"), mode="r")
+    assert raw.shape[0] == 4
+
+
+def test_malformed_messages_get_errors_and_other_clients_keep_being_served(daemon):
+    good = WireClient(daemon.cfg.server.endpoints[0])
+    bad = WireClient(daemon.cfg.server.endpoints[0])
+    good.send(_start("run-good"))
+    good.recv_until(lambda m: isinstance(m, p.Ack))
+    header = msgpack.packb({"kind": "frame", "run": "run-good", "seq": 0, "shape": [32, 48], "dtype": "uint16"})
+    cases = [
+        ([p.TAG, header, b"\0" * 100], "size_mismatch"),
+        ([p.TAG, header], "malformed"),
+        ([b"lowdose/2", header], "unsupported_version"),
+        ([p.TAG, msgpack.packb({"kind": "reboot"})], "unknown_kind"),
+        ([p.TAG, msgpack.packb({"kind": "frame", "run": "run-good", "seq": 0, "shape": [99999, 99999],
+                                "dtype": "uint16"}), b""], "invalid"),
+        ([p.TAG, b"\xff\xfe not msgpack"], "malformed"),
+    ]
+    for i, (parts, code) in enumerate(cases):
+        bad.send_raw(parts)
+        err = bad.recv()
+        assert isinstance(err, p.Error) and err.code == code, (i, err)
+        good.send_frame("run-good", i, ramp(i), t=i)
+        _, seen = good.recv_until(lambda m, i=i: i in acked([m]))
+    # a frame whose shape disagrees with the run's start is refused, not written
+    good.send_frame("run-good", 99, np.zeros((8, 8), np.uint16))
+    err = good.recv()
+    assert isinstance(err, p.Error) and err.code == "shape_mismatch"
+    bad.send_frame("never-started", 0, ramp(0))
+    err = bad.recv()
+    assert isinstance(err, p.Error) and err.code == "unknown_run"
+    assert query_status(daemon.cfg.server.endpoints[0])["runs"][0]["frames_written"] == len(cases)
+
+
+def test_slow_model_latest_policy_skips_live_and_backfill_completes(tmp_path):
+    d = Daemon(_cfg(tmp_path, policy="latest", batch_size=2, denoiser_options={"delay_ms": 40}))
+    d.start()
+    try:
+        c = WireClient(d.cfg.server.endpoints[0])
+        c.send(_start("run-slow"))
+        for seq in range(40):
+            c.send_frame("run-slow", seq, ramp(seq), t=seq)
+        c.send(p.End(run="run-slow", frames=40))
+        _, seen = c.recv_until(lambda m: isinstance(m, p.Ack) and m.finished)
+        assert acked(seen) == set(range(40))  # raw never waits for the model
+        assert d.wait_idle(60)
+        run = d.status()["runs"][0]
+        assert run["frames_restored_live"] < 40  # the policy skipped frames live...
+        assert run["frames_restored_live"] + run["frames_restored_backfill"] >= 40  # ...backfill restored them
+        restored = zarr.open_array(str(tmp_path / "data" / "run-slow.ome.zarr" / "restored" / "0"), mode="r")
+        assert restored.shape[0] == 40
+        np.testing.assert_array_equal(restored[13, 0, 0], ramp(13))
+    finally:
+        d.stop()
+
+
+def test_status_of_a_dead_daemon_is_a_clear_error(tmp_path):
+    with pytest.raises(DaemonUnreachable, match="no lowdose daemon answered"):
+        query_status(f"ipc://{tmp_path}/nobody.sock", timeout=0.3)
+
+
+def test_unknown_denoiser_fails_at_start(tmp_path):
+    cfg = _cfg(tmp_path)
+    cfg.restore.denoiser = "no-such-model"
+    with pytest.raises(DaemonError, match="unknown denoiser 'no-such-model'"):
+        Daemon(cfg).start()
+
+
+def test_two_daemons_on_one_endpoint_is_a_clear_error(daemon, tmp_path):
+    cfg = _cfg(tmp_path)
+    cfg.server.preview_endpoint = None
+    cfg.server.endpoints = daemon.cfg.server.endpoints
+    with pytest.raises(DaemonError, match="cannot bind"):
+        Daemon(cfg).start()
+
+
+def test_preview_stream_publishes_restored_frames(daemon):
+    import zmq
+
+    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"run-prev")
+    sub.connect(daemon.cfg.server.preview_endpoint)
+    time.sleep(0.3)  # PUB/SUB: subscriptions take a moment to propagate
+    c = WireClient(daemon.cfg.server.endpoints[0])
+    c.send(_start("run-prev"))
+    for seq in range(5):
+        c.send_frame("run-prev", seq, ramp(seq), t=seq)
+    assert sub.poll(10000)
+    topic, *parts = sub.recv_multipart()
+    msg, payload = p.decode(parts)
+    assert topic == b"run-prev" and isinstance(msg, p.Preview)
+    np.testing.assert_array_equal(p.frame_pixels(msg, payload), ramp(msg.seq))
+    sub.close(linger=0)
