@@ -120,7 +120,14 @@ class Daemon:
             )
         self._pull = self.ctx.socket(zmq.PULL)
         self._pull.bind(self._outbox_address)
-        self._router = self._make_router()
+        try:
+            self._router = self._make_router()
+        except DaemonError:
+            self.restore_loop.stopping.set()
+            self.restore_loop.join(10)
+            self._pull.close(linger=0)
+            self.ctx.term()
+            raise
         self.write_loop = WriteLoop(
             ctx=self.ctx,
             outbox_address=self._outbox_address,

@@ -1,0 +1,39 @@
+"""Denoiser plug-ins backed by lowdose's learned models (``unet``, ``n2v``, ``ddpm``).
+
+Registered in the ``lowdose.denoisers`` entry-point group; ``config.yaml``
+selects one with ``restore.denoiser`` and passes ``restore.denoiser_options``
+as keyword arguments. ``weights`` swaps the shipped weights for a checkpoint
+written by ``lowdose train``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lowdose.plugins.denoiser import Denoiser
+
+
+def _load(default: str, device: str, weights: str | None, options: dict[str, Any]) -> Denoiser:
+    from lowdose.models import load  # torch is imported only when a learned denoiser is chosen
+
+    return load(weights or default, device=device, **options)
+
+
+def unet(device: str = "auto", weights: str | None = None, **options: Any) -> Denoiser:
+    """The fast supervised UNet (CARE-style): the live default on CPUs."""
+    return _load("unet", device, weights, options)
+
+
+def n2v(device: str = "auto", weights: str | None = None, **options: Any) -> Denoiser:
+    """Noise2Void (N2V2 variant), trainable on the user's noisy frames alone."""
+    return _load("n2v", device, weights, options)
+
+
+def ddpm(
+    device: str = "auto", weights: str | None = None, samples: int = 4, sampler: str = "ddim",
+    steps: int = 10, seed: int = 0, **options: Any,
+) -> Denoiser:
+    """The conditional DDPM; K = ``samples`` averaged, with their std as uncertainty."""
+    return _load(
+        "ddpm", device, weights, {"samples": samples, "sampler": sampler, "steps": steps, "seed": seed, **options}
+    )

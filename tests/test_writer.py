@@ -1,0 +1,373 @@
+"""The per-run OME-Zarr store (lowdose.daemon.writer): real stores on disk, read back with real readers."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from lowdose.daemon import writer as writer_mod
+from lowdose.daemon.config import StorageConfig
+from lowdose.daemon.protocol import End, Frame, FrameIndex, Start
+from lowdose.daemon.writer import FrameNotStored, RunStore, StoreError
+from lowdose.plugins.denoiser import DenoiserInfo
+
+Y, X = 24, 40
+VERSION = "9.9.9-test"
+INFO = DenoiserInfo(name="testnet", version="1.2", checksum="sha256:abc", parameters={"steps": 10}, has_uncertainty=True)
+
+
+def make_start(run: str = "run1", **kw) -> Start:
+    base = dict(run=run, instrument="scope-A", source="pymmcore-plus", shape=(Y, X), dtype="uint16",
+                pixel_size_um=0.65, frame_interval_s=0.5, z_step_um=2.0, channel_names=["GFP"],
+                summary={"Camera": "Demo"}, sequence={"time_plan": {"loops": 3}})
+    base.update(kw)
+    return Start(**base)
+
+
+def pixels(seq: int) -> np.ndarray:
+    """A low-light frame whose values identify it: offset 100 + Poisson, first pixel = seq."""
+    rng = np.random.default_rng(seq)
+    px = (100 + rng.poisson(8, (Y, X))).astype(np.uint16)
+    px[0, 0] = 1000 + seq
+    return px
+
+
+def frame(seq: int, t: int = 0, c: int = 0, z: int = 0, p: int = 0, run: str = "run1") -> tuple[Frame, np.ndarray]:
+    return (
+        Frame(run=run, seq=seq, index=FrameIndex(t=t, p=p, c=c, z=z), shape=(Y, X), dtype="uint16",
+              timestamp=1000.0 + seq, elapsed_ms=10.0 * seq, exposure_ms=5.0, metadata={"n": seq}),
+        pixels(seq),
+    )
+
+
+def cfg(**kw) -> StorageConfig:
+    return StorageConfig(**kw)
+
+
+def published(store: RunStore, name: str = "raw") -> zarr.Array:
+    return zarr.open_array(store.path / name / "0", mode="r")
+
+
+def assert_published_complete(store: RunStore, name: str = "raw") -> tuple[int, ...]:
+    """Every index inside the published shape has its chunk file, and reads non-zero (never fill)."""
+    arr = published(store, name)
+    t_n, c_n, z_n = arr.shape[:3]
+    for t in range(t_n):
+        for c in range(c_n):
+            for z in range(z_n):
+                assert (store.path / name / "0" / "c" / str(t) / str(c) / str(z) / "0" / "0").is_file(), (name, t, c, z)
+    if t_n:
+        assert arr[t_n - 1].min() > 0
+    return arr.shape
+
+
+@pytest.mark.parametrize("compression,fsync", [("lz4", True), ("zstd", False), ("none", False)])
+def test_frames_land_bit_identical_at_their_index(tmp_path: Path, compression: str, fsync: bool) -> None:
+    start = make_start(sizes={"c": 2, "z": 3})
+    store = RunStore.open(tmp_path, start, cfg(compression=compression, fsync=fsync), VERSION)
+    grid = [(t, c, z) for t in range(3) for c in range(2) for z in range(3)]
+    order = np.random.default_rng(1).permutation(len(grid))  # arrival order differs from index order
+    seq_of = {}
+    batch = []
+    for k, i in enumerate(order):
+        t, c, z = grid[i]
+        seq_of[(t, c, z)] = k
+        batch.append(frame(k, t=t, c=c, z=z))
+        if len(batch) == 4:
+            assert store.write_raw(batch) == [f.seq for f, _ in batch]
+            batch = []
+    store.write_raw(batch)
+    arr = published(store)
+    assert arr.shape == (3, 2, 3, Y, X)
+    assert arr.dtype == np.uint16
+    for (t, c, z), seq in seq_of.items():
+        np.testing.assert_array_equal(arr[t, c, z], pixels(seq))
+        np.testing.assert_array_equal(store.read_raw(FrameIndex(t=t, c=c, z=z)), pixels(seq))
+    assert store.raw_seqs() == set(range(len(grid)))
+    codecs = json.loads((store.path / "raw" / "0" / "zarr.json").read_text())["codecs"]
+    assert [c["name"] for c in codecs] == (["bytes"] if compression == "none" else ["bytes", "blosc"])
+    if compression != "none":
+        assert codecs[1]["configuration"]["cname"] == compression
+        assert codecs[1]["configuration"]["shuffle"] == "bitshuffle"
+    assert json.loads((store.path / "raw" / "0" / "zarr.json").read_text())["chunk_grid"]["configuration"][
+        "chunk_shape"] == [1, 1, 1, Y, X]
+    store.close()
+
+
+def test_duplicate_seq_is_written_once(tmp_path: Path) -> None:
+    store = RunStore.open(tmp_path, make_start(), cfg(), VERSION)
+    assert store.write_raw([frame(0, t=0), frame(1, t=1)]) == [0, 1]
+    chunk = store.path / "raw/0/c/0/0/0/0/0"
+    before = chunk.stat().st_mtime_ns, chunk.stat().st_ino
+    # resend of seq 0 (even with different pixels: the stored frame wins) and a duplicate inside a batch
+    dup = (frame(0, t=0)[0], np.zeros((Y, X), np.uint16))
+    assert store.write_raw([dup, frame(2, t=2), frame(2, t=2)]) == [0, 2]
+    assert (chunk.stat().st_mtime_ns, chunk.stat().st_ino) == before
+    np.testing.assert_array_equal(published(store)[0, 0, 0], pixels(0))
+    lines = (store.path / "lowdose/frames.jsonl").read_text().splitlines()
+    assert sorted(json.loads(line)["seq"] for line in lines) == [0, 1, 2]
+    store.close()
+
+
+def test_reopen_after_crash_recovers_state_and_drops_torn_line(tmp_path: Path) -> None:
+    start = make_start()
+    a = RunStore.open(tmp_path, start, cfg(), VERSION)
+    a.write_raw([frame(s, t=s) for s in range(5)])
+    a.write_restored([(FrameIndex(t=0), pixels(0), None), (FrameIndex(t=1), pixels(1), None)], INFO, "live")
+    # crash: no close(), no finalize(); seq 5's chunk got written but its record is torn
+    a.write_raw([frame(5, t=5)])
+    log = a.path / "lowdose/frames.jsonl"
+    text = log.read_bytes()
+    last_start = text.rstrip(b"\n").rfind(b"\n") + 1
+    log.write_bytes(text[: last_start + 17])  # torn mid-record, no newline
+    rlog = a.path / "lowdose/restored.jsonl"
+    rlog.write_bytes(rlog.read_bytes() + b'{"t": 2, "p": 0, "c"')
+
+    b = RunStore.open(tmp_path, start, cfg(), VERSION)
+    assert b.raw_seqs() == {0, 1, 2, 3, 4}
+    assert b.restored_count() == 2
+    assert b.unrestored() == [FrameIndex(t=t) for t in (2, 3, 4)]
+    assert published(b).shape[0] == 5
+    assert published(b, "restored").shape[0] == 2
+    assert log.read_bytes().endswith(b"\n") and rlog.read_bytes().endswith(b"\n")
+    # the hook resends seq 5: it is written again and now recorded; a resent stored seq is not rewritten
+    assert b.write_raw([frame(4, t=4), frame(5, t=5)]) == [4, 5]
+    assert published(b).shape[0] == 6
+    np.testing.assert_array_equal(published(b)[5, 0, 0], pixels(5))
+    assert [json.loads(x)["seq"] for x in log.read_text().splitlines()] == [0, 1, 2, 3, 4, 5]
+    b.close()
+    a.close()
+
+
+def test_published_shape_never_covers_unwritten_chunks(tmp_path: Path) -> None:
+    start = make_start(sizes={"c": 2})
+    store = RunStore.open(tmp_path, start, cfg(fsync=False), VERSION)
+    # c=1 of t=0 arrives last: nothing may be published before it
+    store.write_raw([frame(0, t=0, c=0), frame(1, t=1, c=0), frame(2, t=1, c=1)])
+    assert assert_published_complete(store)[0] == 0
+    store.write_raw([frame(3, t=0, c=1)])
+    assert assert_published_complete(store)[0] == 2
+    # a channel beyond the announced sizes: C grows, T shrinks to what is complete for the new C
+    store.write_raw([frame(4, t=2, c=0), frame(5, t=2, c=1), frame(6, t=2, c=2)])
+    shape = assert_published_complete(store)
+    assert shape[:3] == (0, 3, 1)
+    store.write_raw([frame(7 + t, t=t, c=2) for t in (0, 1)])
+    assert assert_published_complete(store)[:3] == (3, 3, 1)
+    store.close()
+
+
+def test_concurrent_reader_never_sees_fill(tmp_path: Path) -> None:
+    store = RunStore.open(tmp_path, make_start(sizes={"c": 2}), cfg(fsync=False), VERSION)
+    stop = threading.Event()
+    problems: list[str] = []
+    checks = [0]
+
+    def reader() -> None:
+        while not stop.is_set():
+            try:
+                arr = zarr.open_array(store.path / "raw" / "0", mode="r")
+            except Exception as exc:  # a torn zarr.json would land here
+                problems.append(f"open: {exc!r}")
+                continue
+            if arr.shape[0]:
+                last = arr[arr.shape[0] - 1]
+                checks[0] += 1
+                if last.min() == 0:
+                    problems.append(f"fill value seen at t={arr.shape[0] - 1}")
+
+    th = threading.Thread(target=reader)
+    th.start()
+    try:
+        seq = 0
+        for t in range(40):
+            for c in (1, 0):  # the second channel first: t is complete only after c=0
+                store.write_raw([frame(seq, t=t, c=c)])
+                seq += 1
+    finally:
+        stop.set()
+        th.join()
+    assert problems == []
+    assert checks[0] > 0
+    assert published(store).shape[0] == 40
+    store.close()
+
+
+def test_multi_channel_z_and_positions(tmp_path: Path) -> None:
+    start = make_start(sizes={"c": 2, "z": 2, "p": 2}, channel_names=["GFP", "mCherry"])
+    store = RunStore.open(tmp_path, start, cfg(), VERSION)
+    seq = 0
+    expect = {}
+    for t in range(2):
+        for p in range(2):
+            batch = []
+            for c in range(2):
+                for z in range(2):
+                    batch.append(frame(seq, t=t, c=c, z=z, p=p))
+                    expect[(p, t, c, z)] = seq
+                    seq += 1
+            store.write_raw(batch)
+    assert (store.path / "raw_p1").is_dir() and (store.path / "restored_p1").is_dir()
+    for p, name in ((0, "raw"), (1, "raw_p1")):
+        arr = published(store, name)
+        assert arr.shape == (2, 2, 2, Y, X)
+        for (pp, t, c, z), s in expect.items():
+            if pp == p:
+                np.testing.assert_array_equal(arr[t, c, z], pixels(s))
+    ome = json.loads((store.path / "raw" / "zarr.json").read_text())["attributes"]["ome"]
+    assert [ch["label"] for ch in ome["omero"]["channels"]] == ["GFP", "mCherry"]
+    ms = ome["multiscales"][0]
+    assert ms["coordinateTransformations" if "coordinateTransformations" in ms else "datasets"]
+    assert ms["datasets"][0]["coordinateTransformations"][0]["scale"] == [0.5, 1.0, 2.0, 0.65, 0.65]
+    assert [a.get("unit") for a in ms["axes"]] == ["second", None, "micrometer", "micrometer", "micrometer"]
+    summary = store.finalize(End(run="run1", frames=seq))
+    assert summary["images"]["restored_p1"]["shape"] == [2, 2, 2, Y, X]
+    assert summary["missing_seq_count"] == 0
+    store.close()
+
+
+def test_restored_provenance_status_and_backfill(tmp_path: Path) -> None:
+    store = RunStore.open(tmp_path, make_start(), cfg(), VERSION, policy="latest")
+    store.write_raw([frame(s, t=s) for s in range(6)])
+    assert store.unrestored() == [FrameIndex(t=t) for t in range(6)]
+    # `latest`: frames 0 and 3 restored live, the rest skipped
+    unc = np.full((Y, X), 0.5, np.float32)
+    store.write_restored([(FrameIndex(t=0), pixels(0) + 1, unc), (FrameIndex(t=3), pixels(3) + 1, unc)], INFO, "live")
+    assert published(store, "restored").shape[0] == 1  # t=1, 2 are not restored yet
+    assert store.unrestored() == [FrameIndex(t=t) for t in (1, 2, 4, 5)]
+    attrs = json.loads((store.path / "restored" / "zarr.json").read_text())["attributes"]["lowdose"]
+    assert attrs["lowdose_version"] == VERSION and attrs["policy"] == "latest"
+    assert attrs["model"] == {"name": "testnet", "version": "1.2", "checksum": "sha256:abc", "parameters": {"steps": 10},
+                              "device": "cpu", "tile_size": None, "has_uncertainty": True}
+    # backfill fills the gaps: restored becomes visible
+    store.write_restored([(FrameIndex(t=t), pixels(t) + 1, unc) for t in (1, 2, 4)], INFO, "backfill")
+    assert published(store, "restored").shape[0] == 5
+    assert published(store, "uncertainty").shape[0] == 5
+    assert published(store, "uncertainty").dtype == np.float32
+    np.testing.assert_array_equal(published(store, "restored")[4, 0, 0], pixels(4) + 1)
+    assert store.restored_count() == 5
+    summary = store.finalize(End(run="run1", frames=6))
+    assert summary["restoration"] == {"pending": 1, "live": 2, "backfill": 3}
+    assert published(store, "restored").shape == published(store).shape == (6, 1, 1, Y, X)
+    status = zarr.open_array(store.path / "lowdose/tables/restored_status")[:]
+    seqs = zarr.open_array(store.path / "lowdose/tables/seq")[:]
+    assert list(seqs) == list(range(6))
+    assert list(status) == [1, 2, 2, 1, 2, 0]
+    assert list(zarr.open_array(store.path / "lowdose/tables/timestamp")[:]) == [1000.0 + s for s in range(6)]
+    attrs = json.loads((store.path / "restored" / "zarr.json").read_text())["attributes"]["lowdose"]
+    assert attrs["status_counts"] == {"pending": 1, "live": 2, "backfill": 3}
+    with pytest.raises(StoreError, match="raw frame is not in the store"):
+        store.write_restored([(FrameIndex(t=9), pixels(0), None)], INFO, "live")
+    with pytest.raises(FrameNotStored):
+        store.read_raw(FrameIndex(t=9))
+    store.close()
+
+
+def test_store_validates_with_ngff_tools_and_opens_with_ome_zarr_py(tmp_path: Path) -> None:
+    import ome_zarr_models
+    import yaozarrs
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+    from ome_zarr_models.v05 import Image
+
+    start = make_start(sizes={"c": 2})
+    store = RunStore.open(tmp_path, start, cfg(), VERSION)
+    store.write_raw([frame(s, t=s // 2, c=s % 2) for s in range(6)])
+    store.write_restored([(FrameIndex(t=0, c=c), pixels(c), np.ones((Y, X), np.float32)) for c in (0, 1)], INFO, "live")
+
+    def check() -> None:
+        for name in ("raw", "restored", "uncertainty"):
+            group = zarr.open_group(store.path / name, mode="r")
+            assert isinstance(ome_zarr_models.open_ome_zarr(group), Image)
+            Image.from_zarr(group)
+            yaozarrs.validate_zarr_store(str(store.path / name))
+            yaozarrs.validate_ome_uri(str(store.path / name))
+        nodes = list(Reader(parse_url(str(store.path / "raw")))())
+        assert nodes[0].data[0].shape == published(store).shape
+        np.testing.assert_array_equal(np.asarray(nodes[0].data[0][1, 1, 0]), pixels(3))
+        assert nodes[0].metadata["channel_names"] == ["GFP", "c1"]
+
+    check()  # while being written
+    store.finalize(End(run="run1", frames=6))
+    check()
+    root = json.loads((store.path / "zarr.json").read_text())["attributes"]["lowdose"]
+    assert root["run"] == "run1" and root["instrument"] == "scope-A" and root["source"] == "pymmcore-plus"
+    assert root["lowdose_version"] == VERSION and root["sequence"] == {"time_plan": {"loops": 3}}
+    assert root["summary_metadata"] == {"Camera": "Demo"} and root["summary"]["frames_written"] == 6
+    store.close()
+
+
+def test_reopen_with_different_shape_or_dtype_raises(tmp_path: Path) -> None:
+    RunStore.open(tmp_path, make_start(), cfg(), VERSION).close()
+    with pytest.raises(StoreError, match="cannot change"):
+        RunStore.open(tmp_path, make_start(shape=(Y + 1, X)), cfg(), VERSION)
+    with pytest.raises(StoreError, match="cannot change"):
+        RunStore.open(tmp_path, make_start(dtype="uint8"), cfg(), VERSION)
+    RunStore.open(tmp_path, make_start(), cfg(), VERSION).close()  # same shape: fine
+
+
+def test_unwritable_output_dir_raises_store_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the output directory should be")
+    with pytest.raises(StoreError, match="storage.output_dir"):
+        RunStore.open(blocker / "data", make_start(), cfg(), VERSION)
+    if os.geteuid() != 0:  # root ignores permission bits; the file case above holds for everyone
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o500)
+        with pytest.raises(StoreError, match="permission denied"):
+            RunStore.open(ro, make_start(), cfg(), VERSION)
+
+
+def test_disk_full_raises_store_error_and_frame_is_not_acknowledged(tmp_path: Path, monkeypatch) -> None:
+    store = RunStore.open(tmp_path, make_start(), cfg(), VERSION)
+    store.write_raw([frame(0, t=0)])
+    real = writer_mod._write_file
+
+    def full(path, data, fsync, *, replace):
+        if "/c/" in str(path):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+        return real(path, data, fsync, replace=replace)
+
+    monkeypatch.setattr(writer_mod, "_write_file", full)
+    with pytest.raises(StoreError, match="disk is full"):
+        store.write_raw([frame(1, t=1)])
+    assert store.raw_seqs() == {0}
+    monkeypatch.setattr(writer_mod, "_write_file", real)
+    assert store.write_raw([frame(1, t=1)]) == [1]  # the resend succeeds once there is space
+    assert published(store).shape[0] == 2
+    store.close()
+
+
+def test_concurrent_raw_and_restored_threads(tmp_path: Path) -> None:
+    store = RunStore.open(tmp_path, make_start(), cfg(fsync=False), VERSION, policy="fifo")
+    n = 60
+    errors: list[BaseException] = []
+
+    def restorer() -> None:
+        try:
+            done = 0
+            while done < n:
+                todo = store.unrestored()[:4]
+                if not todo:
+                    continue
+                items = [(i, store.read_raw(i), None) for i in todo]
+                store.write_restored(items, INFO, "live")
+                done += len(items)
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    th = threading.Thread(target=restorer)
+    th.start()
+    for s in range(0, n, 3):
+        store.write_raw([frame(k, t=k) for k in range(s, s + 3)])
+    th.join(timeout=30)
+    assert not th.is_alive() and errors == []
+    assert store.restored_count() == n and store.unrestored() == []
+    np.testing.assert_array_equal(published(store, "restored")[:], published(store)[:])
+    store.close()
