@@ -69,7 +69,7 @@ class StorageConfig(_Section):
 
 
 class RestoreConfig(_Section):
-    denoiser: str = "classical"
+    denoiser: str = "auto"
     denoiser_options: dict[str, Any] = Field(default_factory=dict)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     policy: Literal["fifo", "latest"] = "latest"

@@ -92,9 +92,22 @@ def available_denoisers() -> dict[str, Any]:
     return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 
+def resolve_auto(device: str) -> str:
+    """The best shipped model that keeps up live on ``device``; the classical one without models."""
+    try:
+        from lowdose.models import default_live_model
+
+        name = default_live_model(device)
+    except Exception:  # no torch or no weights: still a working service
+        return "classical"
+    return name if name in available_denoisers() else "classical"
+
+
 def create_denoiser(name: str, options: dict[str, Any] | None = None, device: str = "auto") -> Denoiser:
-    """Build the denoiser registered as ``name`` with ``options`` from config."""
+    """Build the denoiser registered as ``name`` (or ``auto``) with ``options`` from config."""
     eps = available_denoisers()
+    if name == "auto":
+        name = resolve_auto(device)
     if name not in eps:
         known = ", ".join(sorted(eps)) or "(none: is lowdose installed with `pip install -e .`?)"
         raise DenoiserError(

@@ -25,7 +25,6 @@
 from __future__ import annotations
 
 import atexit
-import itertools
 import logging
 import math
 import threading
@@ -63,7 +62,10 @@ log = logging.getLogger(__name__)
 
 #: Error codes after which a frame is worth sending again later (the daemon is
 #: busy or its store hiccuped); any other error naming a seq rejects that frame.
-TRANSIENT_CODES = frozenset({"busy", "overloaded", "write_failed", "shutting_down", "not_ready", "internal"})
+TRANSIENT_CODES = frozenset(
+    {"store_failed", "busy", "overloaded", "write_failed", "shutting_down", "not_ready", "internal"}
+)
+_RETRY_DELAY_S = 0.5  # after a transient error: the daemon's disk or queue needs a moment
 UNKNOWN_RUN = "unknown_run"
 
 
@@ -437,8 +439,10 @@ class FrameSender:
                 timeout_s = min(timeout_s, st.awaiting_since + cfg.ack_timeout_s - now)
             if self._deadline is not None:
                 timeout_s = min(timeout_s, self._deadline - now)
-            if st.send_blocked or (st.retry_at > now and st.to_send):
-                timeout_s = min(timeout_s, 0.01)
+            if st.send_blocked:
+                timeout_s = min(timeout_s, 0.01)  # waiting for a connection: IMMEDIATE gives no POLLOUT
+            if st.retry_at > now and st.to_send:
+                timeout_s = min(timeout_s, st.retry_at - now)
             self._idle = True
             if self._pending or self._stop_now.is_set():
                 self._idle = False
@@ -633,7 +637,7 @@ class FrameSender:
         st.in_flight.pop(seq, None)
         if msg.code in TRANSIENT_CODES:
             st.to_send.appendleft(seq)
-            st.retry_at = time.monotonic() + 0.1
+            st.retry_at = time.monotonic() + _RETRY_DELAY_S
             return
         entry = st.unacked[seq]
         log.error("lowdose: daemon rejected frame %d of run %s: %s", seq, self.run, self._last_error)
@@ -871,3 +875,12 @@ def _drain_without_end(sender: FrameSender, timeout: float) -> FinishReport | No
         time.sleep(0.02)
     sender.abort_to_spool(timeout=10.0)
     return sender._report
+
+
+def make_run_id(prefix: str = "run") -> str:
+    """A fresh run id: ``<prefix>-YYYYmmdd-HHMMSS-<6 hex>`` (valid as a store name)."""
+    import re
+    import uuid
+
+    clean = re.sub(r"[^A-Za-z0-9_.\-]", "_", prefix).strip("._-") or "run"
+    return f"{clean[:96]}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
