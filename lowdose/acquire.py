@@ -61,9 +61,10 @@ def run_acquisition(
             "Check the file and --adapters (the folder with the mmgr_dal_* device adapters)."
         ) from None
     run_id = run_id or time.strftime("run-%Y%m%d-%H%M%S")
-    hook = PymmcorePlusHook(hook_cfg, run_id=run_id, instrument=instrument)
+    hook = PymmcorePlusHook(hook_cfg, run=run_id, instrument=instrument)
     try:
         core.mda.run(sequence, output=hook)
-        return hook.counters()
+        report = hook.report()
+        return report if report is not None else hook.counters()
     finally:
         close_core(core)

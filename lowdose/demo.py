@@ -190,7 +190,7 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> DemoResult:
 
         hook = PymmcorePlusHook(
             cfg.hook,
-            run_id=run_id,
+            run=run_id,
             instrument="lowdose demo (simulated low-light camera)",
             camera_offset=opts.offset,
             camera_gain=opts.gain,
@@ -209,7 +209,7 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> DemoResult:
             core.mda.events.frameReady.connect(on_frame)
             core.mda.run(sequence, output=hook)
             core.mda.events.frameReady.disconnect(on_frame)
-            report = hook.sender_report
+            report = hook.report()
             rest = progress.add_task("restoring (live + backfill)", total=opts.frames)
             deadline = time.monotonic() + max(600.0, opts.frames * 5.0)
             run_status: dict = {}

@@ -282,7 +282,7 @@ def main_train(cfg: TrainConfig, on_epoch: Callable[[int, dict[str, float]], Non
 RECIPES: dict[str, dict[str, Any]] = {
     "unet": dict(model="unet", epochs=10, steps_per_epoch=250, batch=8, crop=96, lr=2e-3),
     "n2v": dict(model="n2v", epochs=10, steps_per_epoch=150, batch=8, crop=96, lr=1e-3),
-    "ddpm": dict(model="ddpm", epochs=12, steps_per_epoch=150, batch=8, crop=64, lr=5e-4, ema=0.995),
+    "ddpm": dict(model="ddpm", epochs=8, steps_per_epoch=150, batch=8, crop=64, lr=1e-3, ema=0.995),
 }
 
 

@@ -245,3 +245,40 @@ def _frame_metadata(event: Any, meta: dict) -> dict[str, Any]:
         # camera says about the frame (sim_frame: which noise-free truth it shows)
         out["camera"] = {k: v for k, v in cam.items() if k in _CAMERA_KEYS or str(k).startswith("sim_")}
     return out
+
+
+def release_core(core: Any) -> None:
+    """Leave a ``CMMCorePlus`` safe to destroy: stop the MDA, disconnect, unload, unregister.
+
+    A core left with devices loaded and its C++ callback registered can abort the
+    interpreter at exit; every script and fixture that makes one calls this.
+    """
+    import pymmcore
+
+    with _suppress():
+        if core.mda.is_running():
+            core.mda.cancel()
+            deadline = time.monotonic() + 10
+            while core.mda.is_running() and time.monotonic() < deadline:
+                time.sleep(0.01)
+    with _suppress():
+        if core.isSequenceRunning():
+            core.stopSequenceAcquisition()
+    with _suppress():
+        core.unloadAllDevices()
+    for signals in (core.mda.events, core.events):
+        for name in dir(signals):
+            if name.startswith("_"):
+                continue
+            with _suppress():
+                sig = getattr(signals, name)
+                if hasattr(sig, "connect") and hasattr(sig, "disconnect"):
+                    sig.disconnect()
+    with _suppress():
+        pymmcore.CMMCore.registerCallback(core, None)
+
+
+def _suppress() -> Any:
+    from contextlib import suppress
+
+    return suppress(Exception)

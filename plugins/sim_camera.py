@@ -28,6 +28,8 @@ from pymmcore_plus.experimental.unicore import CameraDevice, ShutterDevice, UniM
 
 from lowdose.models.simulate import KINDS, CameraModel, Specimen, expected_adu, expose
 
+from .pymmcore_plus_hook import release_core
+
 CAMERA_LABEL = "SimCam"
 SHUTTER_LABEL = "SimShutter"
 
@@ -245,14 +247,17 @@ def make_sim_core(
     pixel_size_um: float = 0.1,
     label: str = CAMERA_LABEL,
     warm_up: bool = True,
+    reset_per_sequence: bool = True,
     **camera_kwargs: Any,
 ) -> tuple[UniMMCore, SimLowLightCamera]:
     """A core with the simulated camera and a shutter, ready for ``core.mda.run``.
 
     A time-lapse needs nothing more: the MDA engine snaps (or sequences) the
     camera and toggles the shutter. A pixel-size preset gives stores a physical
-    scale.
-    Call :func:`close_core` (or ``core.unloadAllDevices()``) when done.
+    scale. With ``reset_per_sequence`` the frame counter restarts at every
+    ``sequenceStarted``, so frame ``n`` of a run (the hook's seq ``n``) shows
+    ``camera.truth_for(n)`` whether the MDA snaps or sequences the camera.
+    Call :func:`close_core` when done.
     """
     core = UniMMCore()
     camera = SimLowLightCamera(shape, **camera_kwargs)
@@ -267,25 +272,14 @@ def make_sim_core(
     core.definePixelSizeConfig("sim", "Core", "AutoShutter", core.getProperty("Core", "AutoShutter"))
     core.setPixelSizeUm("sim", pixel_size_um)
     core.setPixelSizeConfig("sim")
+    if reset_per_sequence:
+        # Frame n of every MDA then shows truth(n): the hook's seq n is the frame number.
+        core.mda.events.sequenceStarted.connect(lambda *_: camera.reset_counter())
     if warm_up:
         camera.warm_up()
     return core, camera
 
 
 def close_core(core: Any) -> None:
-    """Disconnect callbacks and unload devices; an MMCore left loaded can abort at exit."""
-    try:
-        if core.mda.is_running():
-            core.mda.cancel()
-    except Exception:
-        pass
-    for signals in (core.events, core.mda.events):
-        for name in dir(signals):
-            sig = getattr(signals, name, None)
-            disconnect = getattr(sig, "disconnect", None)
-            if callable(disconnect) and hasattr(sig, "connect"):
-                try:
-                    disconnect()
-                except Exception:
-                    pass
-    core.unloadAllDevices()
+    """Release a core made by :func:`make_sim_core` (see :func:`release_core`)."""
+    release_core(core)
