@@ -1,0 +1,284 @@
+"""Restoration quality and speed on held-out simulated frames with known truth.
+
+    python benchmarks/quality.py                  # full run (~15-25 min on a 2-core CPU)
+    python benchmarks/quality.py --images 1 --size 128 --no-sampler-study   # smoke test
+
+Frames come from ``lowdose.models.simulate.held_out_set`` (seeds never used in
+training) at peak ~5, 20 and 100 photons, camera offset 100 ADU, gain 1,
+read noise 1.5 e-. Metrics are computed in ADU against the noise-free expected
+image (data range = that image's range). Classical baselines get their
+smoothing strength chosen per dose with the truth (an oracle advantage).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from scipy import ndimage, stats
+
+from lowdose.models import available, load
+from lowdose.models.metrics import ms_ssim, psnr, ssim
+from lowdose.models.simulate import CameraModel, held_out_set
+
+DOSES = (5.0, 20.0, 100.0)
+CAMERA = CameraModel(offset=100.0, gain=1.0, read_noise=1.5)
+Method = Callable[[np.ndarray], np.ndarray]  # (N, Y, X) uint16 ADU -> float ADU
+
+
+# --------------------------------------------------------------------------- classical baselines
+
+
+def gat(e: np.ndarray, sigma: float) -> np.ndarray:
+    """Generalised Anscombe transform: Poisson-Gaussian (electrons) -> ~unit-variance Gaussian."""
+    return 2.0 * np.sqrt(np.maximum(e + 3.0 / 8.0 + sigma**2, 0.0))
+
+
+def inverse_gat(d: np.ndarray, sigma: float) -> np.ndarray:
+    """Closed-form approximation of the exact unbiased inverse (Makitalo & Foi 2011/2013)."""
+    d = np.maximum(d, 0.8)
+    s = np.sqrt(1.5)
+    e = 0.25 * d**2 + 0.25 * s / d - 11.0 / 8.0 / d**2 + 5.0 / 8.0 * s / d**3 - 1.0 / 8.0 - sigma**2
+    return np.maximum(e, 0.0)
+
+
+def _electrons(frames: np.ndarray) -> np.ndarray:
+    return (frames.astype(np.float64) - CAMERA.offset) / CAMERA.gain
+
+
+def _adu(e: np.ndarray) -> np.ndarray:
+    return (e * CAMERA.gain + CAMERA.offset).astype(np.float32)
+
+
+def gaussian(sigma: float) -> Method:
+    return lambda f: np.stack([ndimage.gaussian_filter(x.astype(np.float32), sigma) for x in f])
+
+
+def nlm(h: float) -> Method:
+    from skimage.restoration import denoise_nl_means
+
+    def run(f: np.ndarray) -> np.ndarray:
+        out = []
+        for x in _electrons(f):
+            d = gat(x, CAMERA.read_noise)
+            out.append(inverse_gat(denoise_nl_means(d, h=h, sigma=1.0, patch_size=5, patch_distance=6, fast_mode=True), CAMERA.read_noise))
+        return _adu(np.stack(out))
+
+    return run
+
+
+def bm3d_method(f: np.ndarray) -> np.ndarray:
+    import bm3d
+
+    out = []
+    for x in _electrons(f):
+        d = gat(x, CAMERA.read_noise)
+        out.append(inverse_gat(np.asarray(bm3d.bm3d(d, sigma_psd=1.0)), CAMERA.read_noise))
+    return _adu(np.stack(out))
+
+
+def tuned(make: Callable[[float], Method], grid: tuple[float, ...], noisy: np.ndarray, clean: np.ndarray) -> tuple[Method, float]:
+    """Pick the parameter with the best PSNR on the first frame (oracle tuning)."""
+    scores = [(_score(make(p)(noisy[:1])[0], clean[0])[0], p) for p in grid]
+    best = max(scores)[1]
+    return make(best), best
+
+
+# --------------------------------------------------------------------------- learned models
+
+
+def learned(name: str, **options: object) -> Method:
+    den = load(name, device="cpu", **options)
+    return lambda f: den.restore(f, offset=CAMERA.offset, gain=CAMERA.gain).frames.astype(np.float32)
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+def _score(img: np.ndarray, ref: np.ndarray) -> tuple[float, float, float]:
+    dr = float(ref.max() - ref.min())
+    return psnr(ref, img, dr), ssim(ref, img, dr), ms_ssim(ref, img, dr)
+
+
+@dataclass
+class Row:
+    method: str
+    dose: float
+    psnr: float
+    ssim: float
+    ms_ssim: float
+    seconds_per_image: float
+    note: str = ""
+
+
+@dataclass
+class Report:
+    rows: list[Row] = field(default_factory=list)
+    speed_ms: dict[str, dict[str, float | str]] = field(default_factory=dict)
+    uncertainty_spearman: dict[float, float] = field(default_factory=dict)
+    sampler_study: list[Row] = field(default_factory=list)
+
+
+def evaluate(name: str, method: Method, noisy: np.ndarray, clean: np.ndarray, dose: float, note: str = "") -> Row:
+    t = time.perf_counter()
+    out = method(noisy)
+    dt = (time.perf_counter() - t) / len(noisy)
+    s = np.array([_score(out[i], clean[i]) for i in range(len(noisy))]).mean(0)
+    return Row(name, dose, float(s[0]), float(s[1]), float(s[2]), dt, note)
+
+
+def uncertainty_correlation(noisy: np.ndarray, clean: np.ndarray, samples: int, tile: int = 16) -> float:
+    """Spearman correlation of per-tile mean uncertainty and per-tile RMSE, pooled over frames."""
+    den = load("ddpm", device="cpu", samples=samples, steps=10)
+    res = den.restore(noisy, offset=CAMERA.offset, gain=CAMERA.gain)
+    assert res.uncertainty is not None
+    unc, err = [], []
+    n, h, w = noisy.shape
+    for i in range(n):
+        for y in range(0, h - tile + 1, tile):
+            for x in range(0, w - tile + 1, tile):
+                sl = (i, slice(y, y + tile), slice(x, x + tile))
+                unc.append(float(res.uncertainty[sl].mean()))
+                err.append(float(np.sqrt(np.mean((res.frames[sl].astype(np.float64) - clean[sl]) ** 2))))
+    return float(stats.spearmanr(unc, err).statistic)
+
+
+# --------------------------------------------------------------------------- speed
+
+
+def _time(fn: Callable[[], object], repeat: int = 1) -> float:
+    fn()  # warm-up (allocations, torch kernels)
+    t = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    return (time.perf_counter() - t) / repeat * 1e3
+
+
+def speed(methods: dict[str, Method], ddpm_evals: dict[str, int], big: bool) -> dict[str, dict[str, float | str]]:
+    rng = np.random.default_rng(0)
+    frames = {s: (rng.poisson(20, (1, s, s)) + 100).astype(np.uint16) for s in (512, 2048)}
+    out: dict[str, dict[str, float | str]] = {}
+    for name, m in methods.items():
+        ms512 = _time(lambda: m(frames[512]))
+        measured = big and name in ("gaussian", "unet", "n2v")
+        ms2048 = _time(lambda: m(frames[2048])) if measured else ms512 * 16
+        out[name] = {"ms_512": ms512, "ms_2048": ms2048, "2048": "measured" if measured else "x16 of 512^2"}
+    if "ddpm" in available():
+        # One network evaluation over a whole frame (tiled), times the evaluations a sampler makes.
+        den = load("ddpm", device="cpu", samples=1, steps=1)
+        ms_eval = _time(lambda: den.restore(frames[512]))
+        for name, evals in ddpm_evals.items():
+            out[name] = {"ms_512": ms_eval * evals, "ms_2048": ms_eval * evals * 16,
+                         "2048": f"{evals} x one measured 512^2 evaluation, x16"}
+    return out
+
+
+# --------------------------------------------------------------------------- main
+
+
+def run(images: int, size: int, sampler_study: bool, big: bool, timings: bool) -> Report:
+    torch.set_num_threads(2)
+    rep = Report()
+    have = available()
+    for k, dose in enumerate(DOSES):
+        noisy, clean = held_out_set(images, size, dose, CAMERA, seed=20_000 + 100 * k)
+        g, gs = tuned(gaussian, (0.7, 1.0, 1.5, 2.0, 3.0), noisy, clean)
+        nl, hs = tuned(nlm, (0.6, 0.8, 1.0), noisy, clean)
+        methods: list[tuple[str, Method, str]] = [
+            ("raw", lambda f: f.astype(np.float32), ""),
+            ("gaussian", g, f"sigma={gs}"),
+            ("nlm (GAT)", nl, f"h={hs}"),
+            ("bm3d (GAT)", bm3d_method, ""),
+        ]
+        methods += [(n, learned(n), "") for n in ("n2v", "unet") if n in have]
+        if "ddpm" in have:
+            methods += [(f"ddpm K={kk}", learned("ddpm", samples=kk, steps=10), "DDIM 10 steps") for kk in (1, 4, 8)]
+        for name, m, note in methods:
+            row = evaluate(name, m, noisy, clean, dose, note)
+            rep.rows.append(row)
+            print(f"dose {dose:>5}: {name:<12} PSNR {row.psnr:6.2f}  SSIM {row.ssim:.3f}  MS-SSIM {row.ms_ssim:.3f}  {row.seconds_per_image:.2f} s/img {note}", flush=True)
+        if "ddpm" in have:
+            rep.uncertainty_spearman[dose] = uncertainty_correlation(noisy, clean, 8)
+            print(f"dose {dose:>5}: uncertainty-vs-error Spearman rho = {rep.uncertainty_spearman[dose]:.3f}", flush=True)
+            if sampler_study:
+                for name, opts in [("ancestral 200", dict(sampler="ancestral")), ("ddim 5", dict(steps=5)),
+                                   ("ddim 10", dict(steps=10)), ("ddim 20", dict(steps=20))]:
+                    row = evaluate(name, learned("ddpm", samples=1, **opts), noisy[:1], clean[:1], dose)
+                    rep.sampler_study.append(row)
+                    print(f"dose {dose:>5}: sampler {name:<14} PSNR {row.psnr:6.2f}  SSIM {row.ssim:.3f}  {row.seconds_per_image:.1f} s", flush=True)
+    if timings:
+        timing_methods: dict[str, Method] = {"gaussian": gaussian(1.5), "nlm (GAT)": nlm(0.8), "bm3d (GAT)": bm3d_method}
+        timing_methods.update({n: learned(n) for n in ("n2v", "unet") if n in have})
+        rep.speed_ms = speed(timing_methods, {"ddpm K=1 (10 steps)": 10, "ddpm K=4 (10 steps)": 40,
+                                              "ddpm K=8 (10 steps)": 80, "ddpm 200 ancestral": 200}, big)
+    return rep
+
+
+def targets(rep: Report) -> list[str]:
+    lines = []
+    by = {(r.method, r.dose): r for r in rep.rows}
+    for dose in DOSES:
+        best = max((r for r in rep.rows if r.dose == dose), key=lambda r: r.psnr)
+        ok = best.method.startswith("ddpm K=") and best.method != "ddpm K=1"
+        lines.append(f"[{'MET' if ok else 'MISSED'}] averaged DDPM best at dose {dose:g}: best is {best.method} ({best.psnr:.2f} dB)")
+    for dose in DOSES:
+        study = {r.method: r.psnr for r in rep.sampler_study if r.dose == dose}
+        if "ancestral 200" in study:
+            for steps in (10, 20):
+                d = study[f"ddim {steps}"] - study["ancestral 200"]
+                lines.append(f"[{'MET' if d >= -0.3 else 'MISSED'}] dose {dose:g}: DDIM {steps} ({200 // steps}x fewer evals) vs ancestral 200: {d:+.2f} dB")
+    if ("unet", 5.0) in by:
+        gain = by[("unet", 5.0)].psnr - by[("raw", 5.0)].psnr
+        lines.append(f"[{'MET' if gain >= 8 else 'MISSED'}] UNet gain over raw at dose 5: {gain:+.2f} dB (target +8)")
+        for dose in DOSES:
+            classical = max(by[(m, dose)].psnr for m in ("gaussian", "nlm (GAT)", "bm3d (GAT)"))
+            u = by[("unet", dose)].psnr
+            lines.append(f"[{'MET' if u > classical else 'MISSED'}] UNet vs best classical at dose {dose:g}: {u:.2f} vs {classical:.2f} dB")
+    for dose, rho in rep.uncertainty_spearman.items():
+        lines.append(f"[report] dose {dose:g}: Spearman(per-tile uncertainty, per-tile RMSE) = {rho:.3f}")
+    return lines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=3, help="held-out frames per dose")
+    ap.add_argument("--size", type=int, default=192, help="frame size in pixels")
+    ap.add_argument("--no-sampler-study", action="store_true", help="skip ancestral-200 vs DDIM")
+    ap.add_argument("--no-timings", action="store_true")
+    ap.add_argument("--no-2048", action="store_true", help="extrapolate all 2048^2 timings from 512^2")
+    ap.add_argument("--json", type=Path, help="write all figures here")
+    a = ap.parse_args()
+    t0 = time.time()
+    rep = run(a.images, a.size, not a.no_sampler_study, not a.no_2048, not a.no_timings)
+    print("\n| dose | method | PSNR dB | SSIM | MS-SSIM | s/frame |\n|---|---|---|---|---|---|")
+    for r in rep.rows:
+        print(f"| {r.dose:g} | {r.method} | {r.psnr:.2f} | {r.ssim:.3f} | {r.ms_ssim:.3f} | {r.seconds_per_image:.2f} |")
+    if rep.sampler_study:
+        print("\n| dose | sampler (K=1) | network evals | PSNR dB | SSIM |\n|---|---|---|---|---|")
+        for r in rep.sampler_study:
+            evals = 200 if r.method.startswith("ancestral") else int(r.method.split()[1])
+            print(f"| {r.dose:g} | {r.method} | {evals} | {r.psnr:.2f} | {r.ssim:.3f} |")
+    if rep.speed_ms:
+        print("\n| method | ms / 512^2 | ms / 2048^2 | 2048^2 figure |\n|---|---|---|---|")
+        for name, s in rep.speed_ms.items():
+            print(f"| {name} | {s['ms_512']:.0f} | {s['ms_2048']:.0f} | {s['2048']} |")
+    print("\nTargets (issue 3):")
+    for line in targets(rep):
+        print("  " + line)
+    print(f"\ntotal benchmark time {(time.time() - t0) / 60:.1f} min")
+    if a.json:
+        a.json.write_text(json.dumps({
+            "rows": [r.__dict__ for r in rep.rows], "sampler_study": [r.__dict__ for r in rep.sampler_study],
+            "speed_ms": rep.speed_ms, "uncertainty_spearman": rep.uncertainty_spearman,
+            "targets": targets(rep), "args": vars(a) | {"json": str(a.json)},
+        }, indent=1))
+
+
+if __name__ == "__main__":
+    main()
