@@ -336,7 +336,9 @@ class Daemon:
             state.identity = identity
         else:
             try:
-                store = RunStore.open(self.cfg.storage.output_dir, start, self.cfg.storage, __version__)
+                store = RunStore.open(
+                    self.cfg.storage.output_dir, start, self.cfg.storage, __version__, policy=self.cfg.restore.policy
+                )
             except StoreError as exc:
                 self._reply(identity, Error(code="store_failed", reason=str(exc), run=start.run, daemon=self.id))
                 return

@@ -111,7 +111,7 @@ class WriteLoop(threading.Thread):
             return
         t0 = time.perf_counter()
         try:
-            before = state.store.raw_seqs()
+            before = {r.frame.seq for r in batch if state.store.has_seq(r.frame.seq)}
             stored = state.store.write_raw([(r.frame, r.pixels) for r in batch])
         except StoreError as exc:
             # nothing acked: the hook keeps every one of these frames and resends later
@@ -154,11 +154,12 @@ class WriteLoop(threading.Thread):
     def _check_complete(self, state: RunState, outbox: OutboxWriter) -> None:
         if state.end is None or state.raw_complete:
             return
-        seqs = state.store.raw_seqs()
-        if all(s in seqs for s in range(state.end.frames)):
+        store = state.store
+        if store.raw_count() >= state.end.frames and all(store.has_seq(s) for s in range(state.end.frames)):
             state.raw_complete = True
             outbox.send(
                 state.identity,
-                Ack(run=state.run, ranges=ranges_from_seqs(list(seqs)), daemon=self.daemon_id, finished=True),
+                Ack(run=state.run, ranges=ranges_from_seqs(list(store.raw_seqs())), daemon=self.daemon_id,
+                    finished=True),
             )
             self.on_raw_complete(state)

@@ -652,6 +652,16 @@ class RunStore:
         with self._state:
             return set(self._seqs)
 
+    def has_seq(self, seq: int) -> bool:
+        """Whether ``seq`` is durably stored (O(1); prefer it to ``raw_seqs()`` on the hot path)."""
+        with self._state:
+            return seq in self._seqs
+
+    def raw_count(self) -> int:
+        """Number of raw frames durably stored."""
+        with self._state:
+            return len(self._seqs)
+
     def read_raw(self, index: FrameIndex) -> np.ndarray:
         """The raw frame at ``index`` (written, even if not yet published); :class:`FrameNotStored` if absent."""
         key: Key = (index.p, index.t, index.c, index.z)

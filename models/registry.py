@@ -11,8 +11,9 @@ from .checkpoint import load_checkpoint
 from .restorer import denoiser_from_checkpoint
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-# Fastest first: default_live_model picks the best one that keeps up on a device.
 SHIPPED = ("unet", "n2v", "ddpm")
+# Most accurate first, as measured by benchmarks/quality.py on the simulator.
+QUALITY_ORDER = ("ddpm", "unet", "n2v")
 
 
 class ModelNotFoundError(DenoiserError, LookupError):
@@ -51,16 +52,37 @@ def load(name: str | Path, *, device: str = "auto", **options: Any) -> BaseDenoi
     return denoiser_from_checkpoint(ckpt, name=model_name, path=path, device=device, **options)
 
 
-def default_live_model(device: str = "cpu") -> str:
-    """The best shipped model that keeps up with a live acquisition on ``device``.
+def _ms_per_frame(name: str, device: str, frame_shape: tuple[int, int]) -> float:
+    """Measured time of one restore on a 256^2 probe, scaled to ``frame_shape`` by pixel count."""
+    import time
 
-    On a GPU the DDPM with a 10-step deterministic sampler restores a 2048^2
-    frame in well under a second and is the most accurate; on a CPU only the
-    fast UNet keeps up (the DDPM needs minutes per frame there).
+    import numpy as np
+
+    den = load(name, device=device, **({"samples": 1, "steps": 10} if name == "ddpm" else {}))
+    probe = (np.random.default_rng(0).poisson(20, (1, 256, 256)) + 100).astype(np.uint16)
+    den.restore(probe)  # warm-up: allocations, kernel selection
+    t = time.perf_counter()
+    den.restore(probe)
+    return (time.perf_counter() - t) * 1e3 * frame_shape[0] * frame_shape[1] / 256**2
+
+
+def default_live_model(
+    device: str = "cpu", frame_interval_s: float | None = None, frame_shape: tuple[int, int] = (2048, 2048)
+) -> str:
+    """The most accurate shipped model that keeps up with a live acquisition on ``device``.
+
+    Without ``frame_interval_s`` this is a static choice: the fast UNet (the
+    DDPM needs minutes per 2048^2 frame on a CPU, and on a GPU its speed
+    depends on the card). With it, each candidate is timed on a small probe
+    frame on the device (about a second) and the best one whose time per
+    ``frame_shape`` frame fits in the interval is returned.
     """
     have = available()
-    if device.startswith("cuda") and "ddpm" in have:
-        return "ddpm"
+    if frame_interval_s is not None:
+        for name in QUALITY_ORDER:
+            if name in have and _ms_per_frame(name, device, frame_shape) <= frame_interval_s * 1e3:
+                return name
+        return "classical"
     for name in ("unet", "n2v"):
         if name in have:
             return name

@@ -42,6 +42,7 @@ class TrainConfig:
     low: Path | None = None  # low-dose (noisy) frames: TIFF, TIFF folder, Zarr / lowdose .ome.zarr
     high: Path | None = None  # matching high-dose frames for paired training (unet, ddpm)
     simulate: bool = False  # train on the built-in simulator instead of files
+    sim_scenes: int = 12  # pre-rendered simulator scenes crops are drawn from
     offset: float | None = None  # camera offset (ADU) of the user data; None: estimated
     gain: float | None = None  # ADU per electron of the user data; None: 1
     epochs: int = 10
@@ -70,8 +71,8 @@ def _sources(cfg: TrainConfig) -> tuple[Source, Batch]:
     """Training source and a fixed validation batch."""
     val_crop = max(cfg.crop, 128)
     if cfg.simulate:
-        src = SimulatedSource(seed=cfg.seed)
-        val = SimulatedSource(seed=cfg.seed + 7777, n_scenes=5).sample(cfg.val_size, val_crop, np.random.default_rng(1))
+        src = SimulatedSource(seed=cfg.seed, n_scenes=cfg.sim_scenes)
+        val = SimulatedSource(seed=cfg.seed + 7777, n_scenes=min(5, cfg.sim_scenes)).sample(cfg.val_size, val_crop, np.random.default_rng(1))
         return src, val
     if cfg.low is None:
         raise ValueError("give training data (low=..., and high=... for paired training) or simulate=True")
@@ -202,8 +203,8 @@ def main_train(cfg: TrainConfig, on_epoch: Callable[[int, dict[str, float]], Non
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     spec = normalize.NormSpec()
+    net, arch, finetuned_from = _init_model(cfg)  # first: a bad base model fails before data loading
     source, val = _sources(cfg)
-    net, arch, finetuned_from = _init_model(cfg)
     net = net.to(device).train()
     ema = copy.deepcopy(net).eval()
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
@@ -280,9 +281,9 @@ def main_train(cfg: TrainConfig, on_epoch: Callable[[int, dict[str, float]], Non
 # Budgets chosen to fit ~10-15 min each on a 2-core CPU; on a GPU, raise
 # steps_per_epoch/epochs (and width) for better models.
 RECIPES: dict[str, dict[str, Any]] = {
-    "unet": dict(model="unet", epochs=10, steps_per_epoch=250, batch=8, crop=96, lr=2e-3),
-    "n2v": dict(model="n2v", epochs=10, steps_per_epoch=150, batch=8, crop=96, lr=1e-3),
-    "ddpm": dict(model="ddpm", epochs=8, steps_per_epoch=150, batch=8, crop=64, lr=1e-3, ema=0.995),
+    "unet": dict(model="unet", epochs=6, steps_per_epoch=250, batch=8, crop=96, lr=2e-3),
+    "n2v": dict(model="n2v", epochs=5, steps_per_epoch=150, batch=8, crop=96, lr=1e-3),
+    "ddpm": dict(model="ddpm", epochs=6, steps_per_epoch=150, batch=8, crop=64, lr=1e-3, ema=0.995),
 }
 
 

@@ -66,6 +66,9 @@ TRANSIENT_CODES = frozenset(
     {"store_failed", "busy", "overloaded", "write_failed", "shutting_down", "not_ready", "internal"}
 )
 _RETRY_DELAY_S = 0.5  # after a transient error: the daemon's disk or queue needs a moment
+# Re-announcing a run at most this often: a daemon that cannot open the run answers
+# every frame with unknown_run, and each answer must not cost a full resend.
+_RESTART_MIN_INTERVAL_S = 1.0
 UNKNOWN_RUN = "unknown_run"
 
 
@@ -164,6 +167,8 @@ class _State:
     last_restart: float = -math.inf
     send_blocked: bool = False
     retry_at: float = 0.0
+    settled_at: float | None = None
+    restart_due: bool = False
 
 
 class FrameSender:
@@ -367,18 +372,9 @@ class FrameSender:
                 pass  # a wakeup is already queued
 
     def _release(self) -> None:
-        if self._atexit is not None:
+        if self._atexit is not None and (self._thread is None or self._done.is_set()):
             atexit.unregister(self._atexit)
             self._atexit = None
-        if self._thread is not None and not self._done.is_set():
-            return  # still working in the background; it releases nothing we need
-        with self._submit_lock:
-            if self._wake_tx is not None:
-                self._wake_tx.close(0)
-                self._wake_tx = None
-        if self._ctx is not None:
-            self._ctx.term()
-            self._ctx = None
 
     # ---------------------------------------------------------------- sender thread
 
@@ -401,6 +397,13 @@ class FrameSender:
             if sock is not None:
                 sock.close(0)
             wake_rx.close(0)
+            with self._submit_lock:  # producers use wake_tx under this lock only
+                if self._wake_tx is not None:
+                    self._wake_tx.close(0)
+                    self._wake_tx = None
+            if self._ctx is not None:
+                self._ctx.term()  # every socket of this context is closed by now
+                self._ctx = None
             self._report = self._make_report()
             self._done.set()
 
@@ -416,9 +419,19 @@ class FrameSender:
             self._drain_pending()
             self._spill()
             self._send_some(sock)
-            if st.end_sent and st.finished and not st.unacked:
-                return
             now = time.monotonic()
+            if st.end_sent and not st.unacked:
+                if st.finished:
+                    return
+                # Every frame is acked (or rejected) but the end is not confirmed: give
+                # the daemon a moment, then stop; nothing is at risk any more.
+                st.settled_at = st.settled_at or now
+                if now - st.settled_at > 2 * cfg.ack_timeout_s:
+                    self._last_error = self._last_error or "the daemon did not confirm the end of the run"
+                    return
+            if st.restart_due and now - st.last_restart >= _RESTART_MIN_INTERVAL_S:
+                self._restarts += 1
+                self._restart_session()
             if self._deadline is not None and now >= self._deadline:
                 self._last_error = self._last_error or "close timeout: unacked frames left in the spool"
                 return
@@ -502,6 +515,8 @@ class FrameSender:
         st.awaiting_since = None
         st.send_blocked = False
         st.last_restart = time.monotonic()
+        st.restart_due = False
+        st.settled_at = None
 
     def _send(self, sock: zmq.Socket, parts: list[Any]) -> bool:
         try:
@@ -623,8 +638,9 @@ class FrameSender:
             entry = st.unacked.get(msg.seq) if msg.seq is not None else None
             if msg.seq is not None and (entry is None or entry.session < st.session):
                 return  # about a frame sent before we already re-announced the run
-            if msg.seq is None and time.monotonic() - st.last_restart < min(1.0, self.cfg.ack_timeout_s):
-                return  # several replies to one outage; one restart is enough
+            if time.monotonic() - st.last_restart < _RESTART_MIN_INTERVAL_S:
+                st.restart_due = True  # again soon, not once per reply
+                return
             self._restarts += 1
             log.warning("lowdose: daemon does not know run %s (restarted?): resending", self.run)
             self._restart_session()

@@ -97,6 +97,7 @@ class FakeDaemon:
     reject: set[int] = field(default_factory=set)  # seqs answered with Error(code="invalid")
     ack_delay_s: float = 0.0  # hold acks this long (a slow disk)
     curve_secret: bytes | None = None
+    keep_pixels: bool = True  # False: store headers only (throughput tests)
     id: str = field(default_factory=lambda: f"fake-{uuid.uuid4().hex[:6]}")
 
     def __post_init__(self) -> None:
@@ -230,7 +231,7 @@ class FakeDaemon:
             if msg.seq in self.reject:
                 return [p.Error(code="invalid", reason="test rejects it", run=msg.run, seq=msg.seq, daemon=self.id)]
             with self._lock:
-                self.store.setdefault((msg.run, msg.seq), Received(msg, bytes(payload)))
+                self.store.setdefault((msg.run, msg.seq), Received(msg, bytes(payload) if self.keep_pixels else b""))
             out: list[Any] = [p.Ack(run=msg.run, ranges=[(msg.seq, msg.seq)], daemon=self.id)] if self.ack else []
             return out + self._finished_acks(msg.run)
         if isinstance(msg, p.End):

@@ -20,7 +20,7 @@ TINY = {"base": 4, "depth": 2}
 def _cfg(tmp: Path, model: str = "unet", **kw) -> TrainConfig:
     base = dict(
         model=model, out_dir=tmp / model, simulate=True, epochs=2, steps_per_epoch=15, batch=4,
-        crop=32, lr=3e-3, arch=TINY, val_size=2, progress=False, threads=None,
+        crop=32, lr=3e-3, arch=TINY, val_size=2, progress=False, threads=None, sim_scenes=2,
     )
     base.update(kw)
     return TrainConfig(**base)

@@ -336,7 +336,7 @@ def test_disk_full_raises_store_error_and_frame_is_not_acknowledged(tmp_path: Pa
     monkeypatch.setattr(writer_mod, "_write_file", full)
     with pytest.raises(StoreError, match="disk is full"):
         store.write_raw([frame(1, t=1)])
-    assert store.raw_seqs() == {0}
+    assert store.raw_seqs() == {0} and not store.has_seq(1) and store.raw_count() == 1
     monkeypatch.setattr(writer_mod, "_write_file", real)
     assert store.write_raw([frame(1, t=1)]) == [1]  # the resend succeeds once there is space
     assert published(store).shape[0] == 2
