@@ -118,6 +118,7 @@ class Daemon:
             raise DaemonError(
                 f"cannot build denoiser {self.cfg.restore.denoiser!r}: {self.restore_loop.startup_error}"
             )
+        self._resume_unfinished()
         self._pull = self.ctx.socket(zmq.PULL)
         self._pull.bind(self._outbox_address)
         try:
@@ -145,6 +146,31 @@ class Daemon:
         self._io_thread.start()
         log.info("lowdose daemon %s listening on %s (denoiser %s on %s)", self.id,
                  ", ".join(self.cfg.server.endpoints), self.cfg.restore.denoiser, self.device)
+
+    def _resume_unfinished(self) -> None:
+        """Pick up runs a previous daemon left unfinished, so their backfill goes on.
+
+        Their hook may never come back (it finished while we were down); the
+        restore loop then still restores every written frame. A hook that does
+        come back re-announces the run and finds it here.
+        """
+        for path in sorted(self.cfg.storage.output_dir.glob("*.ome.zarr")):
+            try:
+                if "summary" in RunStore.read_state(path):
+                    continue
+                store = RunStore.reopen(path, self.cfg.storage, __version__)
+            except (StoreError, OSError, ValueError, KeyError) as exc:
+                log.warning("not resuming %s: %s", path, exc)
+                continue
+            start = store.start
+            counters = RunCounters(run=start.run, instrument=start.instrument, store=str(store.path),
+                                   policy=self.cfg.restore.policy, state="resumed")
+            counters.frames_written = store.raw_count()
+            self.runs.add(RunState(start=start, store=store, identity=b"", counters=counters))
+            self.scheduler.add_run(start.run)
+            log.info("resumed unfinished run %s (%d raw frames, %d to restore)", start.run,
+                     store.raw_count(), len(store.unrestored()))
+        self.metrics.active_runs.set(len(self.runs.active()))
 
     def stop(self, timeout: float = 60.0) -> None:
         """Stop receiving, write everything already received, finish the current batch."""

@@ -262,6 +262,25 @@ class RunStore:
             raise
         return store
 
+    @classmethod
+    def reopen(cls, path: Path, cfg: StorageConfig, lowdose_version: str) -> "RunStore":
+        """Open an existing run store from its own records (offline backfill, daemon resume)."""
+        path = Path(path)
+        try:
+            attrs = json.loads((path / "zarr.json").read_text())["attributes"]["lowdose"]
+            start = Start.model_validate(attrs["start"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise StoreError(f"{path} is not a lowdose run store ({exc}); give the path of a <run>.ome.zarr") from None
+        if path.name != f"{start.run}.ome.zarr":
+            raise StoreError(f"{path} holds run {start.run!r}; its folder must be named {start.run}.ome.zarr")
+        store = cls.open(path.parent, start, cfg, lowdose_version, policy=attrs.get("policy"))
+        return store
+
+    @staticmethod
+    def read_state(path: Path) -> dict[str, Any]:
+        """The root's lowdose attributes (``summary`` and ``end`` appear once finalized)."""
+        return json.loads((Path(path) / "zarr.json").read_text())["attributes"]["lowdose"]
+
     def _open(self) -> None:
         Path(self.path.parent).mkdir(parents=True, exist_ok=True)
         root_json = self.path / "zarr.json"
@@ -788,6 +807,12 @@ class RunStore:
         """Raw frames written but not restored, in acquisition (seq) order."""
         with self._state:
             items = sorted(self._pending.items(), key=lambda kv: kv[1])
+        return [FrameIndex(p=k[0], t=k[1], c=k[2], z=k[3]) for k, _ in items]
+
+    def raw_indices(self) -> list[FrameIndex]:
+        """Every raw frame written, in acquisition (seq) order."""
+        with self._state:
+            items = sorted(self._by_key.items(), key=lambda kv: kv[1])
         return [FrameIndex(p=k[0], t=k[1], c=k[2], z=k[3]) for k, _ in items]
 
     def restored_count(self) -> int:

@@ -144,6 +144,41 @@ def acquire(
     console.print(counters)
 
 
+@app.command()
+def backfill(
+    store: Path = typer.Argument(..., help="a run store, <run>.ome.zarr"),
+    denoiser: str = typer.Option("auto", help="denoiser plug-in for the restoration"),
+    redo: bool = typer.Option(False, "--redo", help="restore every frame again (e.g. best quality after a live run)"),
+    options: Optional[str] = typer.Option(None, help='denoiser options as JSON, e.g. \'{"steps": 200}\''),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="config.yaml for storage and device"),
+) -> None:
+    """Restore the frames of a run store that lack a restoration (or all, with --redo), then finalize it."""
+    from rich.progress import Progress
+
+    from lowdose.daemon.backfill import backfill_store
+    from lowdose.daemon.server import resolve_device
+    from lowdose.daemon.writer import StoreError
+    from lowdose.plugins.denoiser import DenoiserError, create_denoiser
+
+    cfg = _load(config)
+    try:
+        den = create_denoiser(denoiser, json.loads(options) if options else {}, device=resolve_device(cfg.restore.device))
+    except (DenoiserError, ValueError) as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    with Progress(console=console) as progress:
+        task = progress.add_task(f"restoring with {den.info.name}", total=None)
+        try:
+            result = backfill_store(
+                store, den, storage=cfg.storage, batch_size=cfg.restore.batch_size, redo=redo,
+                progress=lambda done, total: progress.update(task, completed=done, total=total),
+            )
+        except StoreError as exc:
+            err_console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(1) from None
+    console.print(f"{result.store}: restored {result.restored} frames, {result.remaining} left unrestored")
+
+
 @app.command("config")
 def show_config(
     check: Optional[Path] = typer.Option(None, "--check", help="validate this config.yaml instead of printing"),

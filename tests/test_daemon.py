@@ -163,3 +163,58 @@ def test_preview_stream_publishes_restored_frames(daemon):
     assert topic == b"run-prev" and isinstance(msg, p.Preview)
     np.testing.assert_array_equal(p.frame_pixels(msg, payload), ramp(msg.seq))
     sub.close(linger=0)
+
+
+def _send_run(d, run, n):
+    c = WireClient(d.cfg.server.endpoints[0])
+    c.send(_start(run))
+    for seq in range(n):
+        c.send_frame(run, seq, ramp(seq), t=seq)
+    c.recv_until(lambda m: acked([m]) >= {n - 1})
+    c.close()
+
+
+def test_a_restarted_daemon_resumes_unfinished_runs(tmp_path):
+    # first daemon: no backfill, a slow model -> frames left unrestored, no End ever comes
+    d = Daemon(_cfg(tmp_path, policy="latest", batch_size=1, backfill=False, denoiser_options={"delay_ms": 30}))
+    d.start()
+    _send_run(d, "run-orphan", 30)
+    d.stop()
+    assert d.runs.get("run-orphan").store.unrestored()  # the first daemon left work behind
+    store = tmp_path / "data" / "run-orphan.ome.zarr"
+    from lowdose.daemon.writer import RunStore
+
+    # second daemon, same output folder: it finds the run and restores the rest by itself
+    d2 = Daemon(_cfg(tmp_path, policy="fifo"))
+    d2.start()
+    try:
+        st = d2.runs.get("run-orphan")
+        assert st is not None and st.counters.state == "resumed"
+        deadline = time.monotonic() + 30
+        while st.store.unrestored() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not st.store.unrestored()
+        assert st.store.restored_count() == 30
+    finally:
+        d2.stop()
+    assert "summary" not in RunStore.read_state(store)  # no End: not finalized behind the user's back
+
+
+def test_offline_backfill_restores_and_finalizes(tmp_path):
+    from lowdose.daemon.backfill import backfill_store
+    from lowdose.daemon.writer import RunStore
+    from lowdose.plugins.identity import IdentityDenoiser
+
+    d = Daemon(_cfg(tmp_path, policy="latest", batch_size=1, backfill=False, denoiser_options={"delay_ms": 30}))
+    d.start()
+    _send_run(d, "run-off", 25)
+    d.stop()
+    path = tmp_path / "data" / "run-off.ome.zarr"
+    result = backfill_store(path, IdentityDenoiser(), storage=d.cfg.storage)
+    assert result.remaining == 0 and result.restored > 0
+    assert "summary" in RunStore.read_state(path)
+    restored = zarr.open_array(str(path / "restored" / "0"), mode="r")
+    assert restored.shape[0] == 25
+    np.testing.assert_array_equal(restored[24, 0, 0], ramp(24))
+    with pytest.raises(Exception, match="not a lowdose run store"):
+        backfill_store(tmp_path, IdentityDenoiser(), storage=d.cfg.storage)
