@@ -172,3 +172,39 @@ def test_slow_model_does_not_slow_the_microscope(tmp_path, demo_core, daemon_fac
     assert status["frames_restored_live"] < n  # the latest policy skipped frames live
     assert status["frames_restored_live"] + status["frames_restored_backfill"] >= n
     _check_store(tmp_path / "data" / "slow.ome.zarr", captured)
+
+
+def test_pycromanager_python_backend_through_the_daemon(tmp_path, pycromanager_headless, daemon_factory):
+    from pycromanager import Acquisition, multi_d_acquisition_events
+
+    from lowdose.plugins.pycromanager_hook import PycromanagerHook
+
+    config = _write_config(tmp_path)
+    daemon = daemon_factory(config)
+    pycromanager_headless.set_exposure(1.0)
+    hook = PycromanagerHook(load_config(config).hook, run="pm-120", instrument="DemoCamera",
+                            channel_names=["DAPI", "FITC"], sizes={"t": 30, "c": 2, "z": 2})
+    seen: dict[tuple[int, int, int], np.ndarray] = {}
+
+    def process(image, metadata):
+        axes = metadata["Axes"]
+        seen[(axes["time"], ["DAPI", "FITC"].index(axes["channel"]), axes["z"])] = image.copy()
+        return hook.image_process_fn(image, metadata)
+
+    events = multi_d_acquisition_events(
+        num_time_points=30, channel_group="Channel", channels=["DAPI", "FITC"], z_start=0, z_end=1, z_step=1
+    )
+    with Acquisition(image_process_fn=process, notification_callback_fn=hook.notification_callback_fn) as acq:
+        acq.acquire(events)
+    report = hook.report(timeout=60)
+    assert report is not None and report.acked == 120 and report.unacked == 0
+    status = _wait_finished(daemon.endpoint, "pm-120")
+    assert status["frames_written"] == 120
+    root = zarr.open_group(str(tmp_path / "data" / "pm-120.ome.zarr"), mode="r")
+    raw, restored = root["raw/0"], root["restored/0"]
+    assert raw.shape == restored.shape == (30, 2, 2, 512, 512)
+    for (t, c, z), pixels in seen.items():
+        np.testing.assert_array_equal(raw[t, c, z], pixels, err_msg=f"t={t} c={c} z={z}")
+    np.testing.assert_array_equal(restored[:], raw[:])
+    channels = [ch["label"] for ch in root["raw"].attrs["ome"]["omero"]["channels"]]
+    assert channels == ["DAPI", "FITC"]
