@@ -2,10 +2,27 @@
 
 ``from lowdose.models import load, available`` gives ready denoisers by name
 (shipped weights, no download) or by checkpoint path. Importing this package
-does not import the training code.
+imports neither torch nor the training code until one of the names below is
+used, so ``lowdose.models.simulate`` stays cheap for the simulated camera.
 """
 
-from .checkpoint import CheckpointError
-from .registry import ModelNotFoundError, available, default_live_model, load
+from __future__ import annotations
 
-__all__ = ["CheckpointError", "ModelNotFoundError", "available", "default_live_model", "load"]
+from importlib import import_module
+from typing import Any
+
+_LAZY = {
+    "load": "registry",
+    "available": "registry",
+    "default_live_model": "registry",
+    "ModelNotFoundError": "registry",
+    "CheckpointError": "checkpoint",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

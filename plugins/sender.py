@@ -51,6 +51,8 @@ from lowdose.daemon.protocol import (
     ProtocolError,
     Start,
     StatusReply,
+    FRAME_DTYPES,
+    MAX_FRAME_SIDE,
     TAG,
     decode,
     encode,
@@ -463,11 +465,8 @@ class FrameSender:
             events = dict(poller.poll(max(0, int(timeout_s * 1000))))
             self._idle = False
             if wake_rx in events:
-                while True:
-                    try:
-                        wake_rx.recv(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
+                while wake_rx.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                    wake_rx.recv(zmq.NOBLOCK)
             if sock in events:
                 self._receive_all(sock)
 
@@ -586,11 +585,10 @@ class FrameSender:
     # ---------------------------------------------------------------- replies
 
     def _receive_all(self, sock: zmq.Socket) -> None:
-        while True:
-            try:
-                parts = sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
+        # EVENTS rather than catching zmq.Again: an exception per wakeup costs more
+        # than the rest of handling an ack.
+        while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            parts = sock.recv_multipart(zmq.NOBLOCK)
             st = self._st
             st.last_rx = time.monotonic()
             st.awaiting_since = None
@@ -700,6 +698,11 @@ class FrameSender:
         st.in_memory_bytes += entry.nbytes
 
     def _frame_header(self, item: _Item) -> bytes:
+        """The encoded ``Frame`` header; the common case skips pydantic (it is per frame)."""
+        fast = _fast_frame_header(self.run, item)
+        return fast if fast is not None else self._frame_header_validated(item)
+
+    def _frame_header_validated(self, item: _Item) -> bytes:
         index = item.index
         if index is None:
             index = FrameIndex()
@@ -822,6 +825,55 @@ class FrameSender:
             spool_dir=self._spool.dir if (left or rejected) else None,
             counters=counters,
         )
+
+
+_INDEX_KEYS = frozenset("tpcz")
+
+
+def _fast_frame_header(run: str, item: _Item) -> bytes | None:
+    """``encode(Frame(...))[1]`` without building the model, or None when unsure.
+
+    Only plain, obviously valid frames take this path (a 2-D array of a protocol
+    dtype, a dict index of non-negative ints, msgpack-able metadata); anything
+    else goes through the pydantic model, which says precisely what is wrong.
+    """
+    pixels = item.pixels
+    shape = pixels.shape
+    dtype = pixels.dtype.name
+    if len(shape) != 2 or dtype not in FRAME_DTYPES or not (
+        0 < shape[0] <= MAX_FRAME_SIDE and 0 < shape[1] <= MAX_FRAME_SIDE
+    ):
+        return None
+    index = item.index
+    if index is None:
+        index = {}
+    elif isinstance(index, FrameIndex):
+        index = index.model_dump()
+    if type(index) is not dict or not _INDEX_KEYS.issuperset(index):
+        return None
+    for v in index.values():
+        if type(v) is not int or v < 0:
+            return None
+    metadata = item.metadata if item.metadata is not None else {}
+    if type(metadata) is not dict:
+        return None
+    header = {
+        "kind": "frame",
+        "run": run,
+        "seq": item.seq,
+        "index": {"t": index.get("t", 0), "p": index.get("p", 0), "c": index.get("c", 0), "z": index.get("z", 0)},
+        "shape": [shape[0], shape[1]],
+        "dtype": dtype,
+        "timestamp": float(item.timestamp),
+        "elapsed_ms": None if item.elapsed_ms is None else float(item.elapsed_ms),
+        "exposure_ms": None if item.exposure_ms is None else float(item.exposure_ms),
+        "metadata": metadata,
+    }
+    try:
+        return msgpack.packb(header, use_bin_type=True)
+    except (TypeError, ValueError, msgpack.PackException):
+        header["metadata"] = jsonable(metadata)
+        return msgpack.packb(header, use_bin_type=True)
 
 
 def _spool_at_exit(ref: weakref.ref[FrameSender]) -> None:

@@ -1,0 +1,140 @@
+"""Failure paths with real parts: a full disk, CURVE security, metrics, the status command."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+import zarr
+
+from lowdose.daemon.config import load_config
+from lowdose.daemon.protocol import FrameIndex, Start
+from lowdose.daemon.server import Daemon
+from lowdose.plugins.sender import FrameSender
+
+
+def _cfg(tmp_path, output_dir, **over):
+    return load_config(None, overrides={
+        "server.endpoints": [f"ipc://{tmp_path}/d.sock"],
+        "server.preview_endpoint": None,
+        "storage.output_dir": str(output_dir),
+        "restore.denoiser": "identity",
+        "hook.endpoint": f"ipc://{tmp_path}/d.sock",
+        "hook.spool_dir": str(tmp_path / "spool"),
+        "hook.ack_timeout_s": 1.0,
+        **over,
+    })
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB tmpfs: a real ENOSPC, then room again with a remount (needs root, as CI runs)."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], check=True)
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_full_disk_loses_no_frame_and_the_daemon_keeps_serving(tmp_path, small_disk):
+    cfg = _cfg(tmp_path, small_disk / "data")
+    d = Daemon(cfg)
+    d.start()
+    try:
+        rng = np.random.default_rng(1)
+        frames = [rng.integers(0, 65535, (128, 128), dtype=np.uint16) for _ in range(40)]  # incompressible
+        sender = FrameSender(cfg.hook, Start(run="full", shape=(128, 128), dtype="uint16"))
+        sender.start()
+        for t, f in enumerate(frames):
+            sender.submit(f, FrameIndex(t=t))
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            runs = d.status()["runs"]
+            if runs and runs[0]["frames_failed"] > 0:
+                break
+            time.sleep(0.05)
+        status = d.status()["runs"][0]
+        assert status["frames_failed"] > 0, "the disk never filled: the test proved nothing"
+        assert sender.counters().unacked > 0  # the hook still holds what the daemon could not write
+        # room again: the hook's retries land every frame
+        subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
+        report = sender.close(timeout=60)
+        assert report.acked == 40 and report.unacked == 0, report
+        assert d.wait_idle(30)
+        raw = zarr.open_array(str(small_disk / "data" / "full.ome.zarr" / "raw" / "0"), mode="r")
+        assert raw.shape[0] == 40
+        for t in (0, 17, 39):
+            np.testing.assert_array_equal(raw[t, 0, 0], frames[t])
+    finally:
+        d.stop()
+
+
+def test_curve_authenticates_microscopes(tmp_path):
+    import zmq.auth
+
+    keys = tmp_path / "keys"
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    keys.mkdir()
+    server_pub, server_sec = zmq.auth.create_certificates(str(keys), "daemon")
+    scope_pub, scope_sec = zmq.auth.create_certificates(str(keys), "scope1")
+    _, intruder_sec = zmq.auth.create_certificates(str(keys), "intruder")
+    (allowed / "scope1.key").write_bytes(open(scope_pub, "rb").read())
+    port = 5700 + (hash(str(tmp_path)) % 200)
+    endpoint = f"tcp://127.0.0.1:{port}"
+    cfg = _cfg(tmp_path, tmp_path / "data", **{
+        "server.endpoints": [endpoint], "hook.endpoint": endpoint,
+        "server.curve": {"enabled": True, "server_secret_key": server_sec, "authorized_keys_dir": str(allowed)},
+        "hook.curve_server_public_key": server_pub,
+    })
+    d = Daemon(cfg)
+    d.start()
+    try:
+        pixels = np.arange(64 * 64, dtype=np.uint16).reshape(64, 64)
+        good_cfg = cfg.hook.model_copy(update={"curve_client_secret_key": scope_sec})
+        good = FrameSender(good_cfg, Start(run="curve-ok", shape=(64, 64), dtype="uint16"))
+        good.start()
+        good.submit(pixels, FrameIndex(t=0))
+        assert good.close(timeout=20).acked == 1
+
+        bad_cfg = cfg.hook.model_copy(update={"curve_client_secret_key": intruder_sec, "close_timeout_s": 3})
+        bad = FrameSender(bad_cfg, Start(run="curve-bad", shape=(64, 64), dtype="uint16"))
+        bad.start()
+        bad.submit(pixels, FrameIndex(t=0))
+        report = bad.close(timeout=3)
+        assert report.acked == 0 and report.unacked == 1  # refused, and kept in the spool, not lost
+        assert d.runs.get("curve-bad") is None
+    finally:
+        d.stop()
+
+
+def test_prometheus_metrics_and_status_command(tmp_path):
+    port = 9300 + (hash(str(tmp_path)) % 500)
+    cfg = _cfg(tmp_path, tmp_path / "data", **{"metrics.port": port})
+    d = Daemon(cfg)
+    d.start()
+    try:
+        sender = FrameSender(cfg.hook, Start(run="metrics", shape=(16, 16), dtype="uint16", instrument="scope-7"))
+        sender.start()
+        for t in range(5):
+            sender.submit(np.full((16, 16), t, np.uint16), FrameIndex(t=t))
+        assert sender.close(timeout=20).acked == 5
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        assert 'lowdose_frames_written_total{run="metrics"} 5.0' in body
+        proc = subprocess.run(
+            [sys.executable, "-m", "lowdose.cli", "status", "--endpoint", cfg.hook.endpoint, "--json"],
+            capture_output=True, text=True, timeout=60,
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert '"run": "metrics"' in proc.stdout and '"instrument": "scope-7"' in proc.stdout
+    finally:
+        d.stop()
+    proc = subprocess.run(
+        [sys.executable, "-m", "lowdose.cli", "status", "--endpoint", cfg.hook.endpoint, "--timeout", "0.5"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 1 and "no lowdose daemon answered" in proc.stderr
