@@ -138,3 +138,33 @@ def test_prometheus_metrics_and_status_command(tmp_path):
         capture_output=True, text=True, timeout=60,
     )
     assert proc.returncode == 1 and "no lowdose daemon answered" in proc.stderr
+
+
+def test_acquire_command_runs_a_useq_file_on_the_democamera(tmp_path):
+    import yaml
+
+    cfg = _cfg(tmp_path, tmp_path / "data")
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    seq = tmp_path / "seq.yaml"
+    seq.write_text("time_plan:\n  interval: 0\n  loops: 12\n")
+    d = Daemon(cfg)
+    d.start()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "lowdose.cli", "acquire", str(seq), "--config", str(config_path), "--run", "acq-1"],
+            capture_output=True, text=True, timeout=180,
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert d.wait_idle(30)
+        raw = zarr.open_array(str(tmp_path / "data" / "acq-1.ome.zarr" / "raw" / "0"), mode="r")
+        assert raw.shape == (12, 1, 1, 512, 512)
+    finally:
+        d.stop()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("time_plan: {loops: -3}\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "lowdose.cli", "acquire", str(bad), "--config", str(config_path)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 1 and "not a valid useq-schema MDASequence" in proc.stderr

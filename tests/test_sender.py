@@ -314,3 +314,23 @@ def test_window_limits_frames_in_flight(hook_cfg_factory, window):
         sender.abort_to_spool()
         daemon.close()
     assert Spool(cfg.spool_dir, f"run-w{window}").seqs() == list(range(20))
+
+
+def test_fast_frame_header_decodes_to_the_validated_model(hook_cfg_factory):
+    from lowdose.daemon.protocol import TAG, decode
+    from lowdose.plugins.sender import _fast_frame_header, _Item
+
+    sender = FrameSender(hook_cfg_factory("tcp://127.0.0.1:1"), _start("run-h"))
+    pixels = _frame(1)
+    item = _Item(7, pixels, {"t": 3, "c": 1}, 1.5, 2.0, 5.0, {"a": [1, 2], "b": {"c": "d"}})
+    fast = _fast_frame_header("run-h", item)
+    assert fast is not None
+    msg_fast, _ = decode([TAG, fast, pixels.tobytes()])
+    msg_slow, _ = decode([TAG, sender._frame_header_validated(item), pixels.tobytes()])
+    assert msg_fast == msg_slow and msg_fast.index.c == 1 and msg_fast.seq == 7
+    # anything unusual takes the validated path
+    assert _fast_frame_header("run-h", _Item(0, pixels, {"t": -1}, 0, None, None, None)) is None
+    assert _fast_frame_header("run-h", _Item(0, pixels.astype(np.uint64), None, 0, None, None, None)) is None
+    # metadata msgpack cannot carry is stringified, not fatal
+    odd = _fast_frame_header("run-h", _Item(0, pixels, None, 0, None, None, {"obj": object()}))
+    assert odd is not None and decode([TAG, odd, pixels.tobytes()])[0].metadata["obj"].startswith("<object")
