@@ -90,6 +90,7 @@ class HookConfig(_Section):
     endpoint: str = "tcp://127.0.0.1:5571"
     memory_mb: float = Field(512.0, gt=0)  # unacked frames kept in RAM before spilling
     spool_dir: Path = Path("lowdose-spool")
+    spool_fsync: bool = False  # flush each spooled frame to disk (survives a power cut, costs speed)
     window_frames: int = Field(8, ge=1)  # frames in flight without an ack
     ack_timeout_s: float = Field(3.0, gt=0)
     heartbeat_s: float = Field(1.0, gt=0)

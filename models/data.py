@@ -94,7 +94,7 @@ class SimulatedSource:
         self.n_scenes = n_scenes
 
     def sample(self, batch: int, crop: int, rng: np.random.Generator) -> Batch:
-        b = self.gen.sample(batch, crop)
+        b = self.gen.sample(batch, crop, rng)
         return Batch(b.noisy, b.clean, b.offset, b.gain)
 
     def summary(self) -> dict[str, object]:

@@ -80,8 +80,7 @@ def _sources(cfg: TrainConfig) -> tuple[Source, Batch]:
     clean = load_frames(cfg.high) if cfg.high is not None else None
     if cfg.model in ("unet", "ddpm") and clean is None:
         raise ValueError(f"model {cfg.model!r} trains on pairs: give high=... (or use model='n2v')")
-    if cfg.model == "n2v":
-        clean = clean  # kept only to report PSNR/SSIM when targets happen to exist
+    # n2v ignores targets for its loss but uses them, when given, to report PSNR/SSIM
     offset = cfg.offset if cfg.offset is not None else normalize.estimate_offset(noisy[: min(len(noisy), 16)])
     src = FramesSource(noisy, clean, offset, cfg.gain or 1.0, str(cfg.low))
     train_src, val_src = src.split(cfg.val_fraction)
@@ -281,9 +280,9 @@ def main_train(cfg: TrainConfig, on_epoch: Callable[[int, dict[str, float]], Non
 # Budgets chosen to fit ~10-15 min each on a 2-core CPU; on a GPU, raise
 # steps_per_epoch/epochs (and width) for better models.
 RECIPES: dict[str, dict[str, Any]] = {
-    "unet": dict(model="unet", epochs=6, steps_per_epoch=250, batch=8, crop=96, lr=2e-3),
+    "unet": dict(model="unet", epochs=12, steps_per_epoch=250, batch=8, crop=96, lr=2e-3),
     "n2v": dict(model="n2v", epochs=5, steps_per_epoch=150, batch=8, crop=96, lr=1e-3),
-    "ddpm": dict(model="ddpm", epochs=6, steps_per_epoch=150, batch=8, crop=64, lr=1e-3, ema=0.995),
+    "ddpm": dict(model="ddpm", epochs=6, steps_per_epoch=150, batch=8, crop=64, lr=1e-3, ema=0.995, prediction="v"),
 }
 
 

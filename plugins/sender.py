@@ -187,20 +187,19 @@ class FrameSender:
         *,
         first_seq: int = 0,
         adopt_spool: bool = False,
-        spool_fsync: bool = False,
+        spool_fsync: bool | None = None,
     ) -> None:
         self.cfg = cfg
         self.start_msg = start
         self.run = start.run
         self._start_header = encode(start)[1]
-        self._spool = Spool(cfg.spool_dir, start.run, fsync=spool_fsync)
+        self._spool = Spool(cfg.spool_dir, start.run, fsync=cfg.spool_fsync if spool_fsync is None else spool_fsync)
         self._adopt = adopt_spool
         self._memory_limit = int(cfg.memory_mb * 1024 * 1024)
 
         # producer side: touched under _submit_lock only
         self._submit_lock = threading.Lock()
         self._next_seq = first_seq
-        self._first_seq = first_seq
         self._queued = 0
         self._submitted_bytes = 0
         self._pending: deque[_Item | _EndRequest] = deque()
@@ -245,6 +244,8 @@ class FrameSender:
         """Start the sender thread (idempotent)."""
         if self._thread is not None:
             return
+        if self._adopt:
+            self._adopt_spool()  # before the thread: counters are right from the start
         self._ctx = zmq.Context()
         wake_rx = self._ctx.socket(zmq.PAIR)
         wake_rx.bind(self._wake_addr)
@@ -383,8 +384,6 @@ class FrameSender:
     def _thread_main(self, wake_rx: zmq.Socket) -> None:
         sock: zmq.Socket | None = None
         try:
-            if self._adopt:
-                self._adopt_spool()
             sock = self._new_socket()
             self._loop(sock, wake_rx)
         except Exception as exc:  # the thread must leave the frames safe whatever happens

@@ -63,6 +63,12 @@ def pycromanager_headless():
     core.set_property("Camera", "Mode", "Noise")
     yield core
     stop_headless()
+    # pycromanager 1.0.2 never forgets its Engine singleton, so a second
+    # start_headless in the same process would drive the first (unloaded) core.
+    from pycromanager.acquisition.acq_eng_py.internal.engine import Engine
+
+    if hasattr(Engine, "singleton"):
+        del Engine.singleton
 
 
 # ----------------------------------------------------------------------------- fake daemon
@@ -98,6 +104,7 @@ class FakeDaemon:
     ack_delay_s: float = 0.0  # hold acks this long (a slow disk)
     curve_secret: bytes | None = None
     keep_pixels: bool = True  # False: store headers only (throughput tests)
+    confirm_end: bool = True  # answer a complete End with Ack(finished=True)
     id: str = field(default_factory=lambda: f"fake-{uuid.uuid4().hex[:6]}")
 
     def __post_init__(self) -> None:
@@ -243,7 +250,7 @@ class FakeDaemon:
 
     def _finished_acks(self, run: str) -> list[Any]:
         end = self.ends.get(run)
-        if end is None or not self.ack:
+        if end is None or not self.ack or not self.confirm_end:
             return []
         have = {s for (r, s) in self.store if r == run}
         missing = set(range(end.frames)) - have - self.reject

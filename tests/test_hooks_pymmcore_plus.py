@@ -95,3 +95,31 @@ def test_each_sequence_is_its_own_run(demo_core, fake_daemon, hook_cfg_factory):
     assert [s.run for s in fake_daemon.starts] == ["demo-two", "demo-two-2"]
     assert len(fake_daemon.frames("demo-two")) == 4 and len(fake_daemon.frames("demo-two-2")) == 6
     assert all(s.wait(1).ok for s in hook.senders)
+
+
+def test_daemon_killed_mid_mda_loses_nothing(demo_core, fake_daemon, hook_cfg_factory):
+    """SIGKILL-like death of the daemon during the MDA; it comes back after the MDA ends."""
+    demo_core.setExposure(1.0)
+    frame_bytes = 512 * 512 * 2
+    cfg = hook_cfg_factory(fake_daemon.endpoint, ack_timeout_s=0.5, memory_mb=20 * frame_bytes / 2**20)
+    hook = PymmcorePlusHook(cfg, run="demo-kill")
+    capture = Capture()
+
+    def kill_at_30(img, event, meta):
+        if event.index["t"] == 30:
+            fake_daemon.kill()
+
+    demo_core.mda.events.frameReady.connect(kill_at_30)
+    demo_core.mda.run(MDASequence(time_plan={"interval": 0, "loops": 120}), output=[hook, capture])
+    demo_core.mda.events.frameReady.disconnect(kill_at_30)
+    counters = hook.counters()
+    assert counters is not None and counters.spooled > 0  # past 20 frames of RAM, frames went to disk
+    fake_daemon.restart()
+    report = hook.report(timeout=30)
+    assert report is not None and report.ok, report
+    got = fake_daemon.frames("demo-kill")
+    assert sorted(got) == list(range(120))
+    for seq_no, (_, pixels) in enumerate(capture.frames):
+        np.testing.assert_array_equal(frame_pixels(got[seq_no]), pixels)
+    assert report.counters.reconnects + report.counters.restarts >= 1
+    assert not (cfg.spool_dir / "demo-kill").exists()

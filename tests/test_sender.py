@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -334,3 +333,21 @@ def test_fast_frame_header_decodes_to_the_validated_model(hook_cfg_factory):
     # metadata msgpack cannot carry is stringified, not fatal
     odd = _fast_frame_header("run-h", _Item(0, pixels, None, 0, None, None, {"obj": object()}))
     assert odd is not None and decode([TAG, odd, pixels.tobytes()])[0].metadata["obj"].startswith("<object")
+
+
+def test_unconfirmed_end_stops_after_a_short_grace_with_nothing_at_risk(hook_cfg_factory):
+    daemon = FakeDaemon(confirm_end=False).start()
+    cfg = hook_cfg_factory(daemon.endpoint, ack_timeout_s=0.3, close_timeout_s=30)
+    try:
+        sender = FrameSender(cfg, _start("run-noconfirm"))
+        sender.start()
+        _submit(sender, 10)
+        t0 = time.monotonic()
+        report = sender.finish()
+        assert time.monotonic() - t0 < 5  # not the 30 s close timeout
+        assert report is not None and report.acked == 10 and report.unacked == 0
+        assert not report.finished and report.spool_dir is None
+        assert "did not confirm" in (report.counters.last_error or "")
+        assert daemon.ends["run-noconfirm"].frames == 10
+    finally:
+        daemon.close()

@@ -1,0 +1,68 @@
+"""Model cards: a short markdown description written next to a weights file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .checkpoint import load_checkpoint
+from .unet import build_network, count_parameters
+
+DESCRIPTIONS = {
+    "unet": "Compact CARE-style UNet trained on (low-dose, noise-free) pairs; one forward pass per frame: the live model.",
+    "n2v": "Noise2Void with the N2V2 fixes (blur-pool, no full-resolution skip, neighbour-median masking), trained on noisy frames only.",
+    "ddpm": "Conditional DDPM (Osuna-Vargas et al., WACV 2025, scaled down): noisy target and low-dose frame stacked as channels, continuous noise-level conditioning, cosine schedule, T = 200; DDIM or ancestral sampling; K samples averaged, their std as uncertainty.",
+}
+
+
+def render_card(name: str, weights: Path, benchmark: dict[str, Any] | None, notes: str = "") -> str:
+    ck = load_checkpoint(weights)
+    params = count_parameters(build_network(ck.arch))
+    cfg = ck.training.get("config", {})
+    hist = ck.metrics.get("history", [])
+    last = hist[-1] if hist else {}
+    lines = [
+        f"# Model card: `{name}`", "", DESCRIPTIONS.get(ck.kind, ""), "",
+        "## Weights", "",
+        f"- file: `{weights.name}`, {weights.stat().st_size / 1e6:.2f} MB, sha256 `{ck.checksum}`",
+        f"- architecture: `{json.dumps(ck.arch)}` ({params:,} parameters)",
+        f"- normalisation: camera offset subtracted, divided by gain, per-frame percentiles {ck.normalisation}",
+        f"- lowdose version at training: {ck.lowdose_version}",
+    ]
+    if ck.diffusion:
+        lines.append(f"- diffusion: {json.dumps(ck.diffusion)}")
+    lines += [
+        "", "## Data", "",
+        f"- {json.dumps(ck.data)}",
+        f"- noise model: {json.dumps(ck.noise_model)}",
+        "", "## Recipe", "",
+        f"- `lowdose train recipe {ck.training.get('recipe') or name} --out DIR` "
+        f"(Python: `lowdose.models.train.train_recipe({(ck.training.get('recipe') or name)!r}, DIR)`)",
+        f"- {cfg.get('epochs')} epochs x {cfg.get('steps_per_epoch')} steps, batch {cfg.get('batch')}, "
+        f"crop {cfg.get('crop')} px, lr {cfg.get('lr')}, EMA {cfg.get('ema')}, seed {cfg.get('seed')}; "
+        f"{ck.training.get('step')} optimizer steps in total",
+        f"- final validation (simulated crops, normalised units): PSNR {last.get('val_psnr', float('nan')):.2f} dB "
+        f"(input {last.get('val_psnr_input', float('nan')):.2f} dB), SSIM {last.get('val_ssim', float('nan')):.3f}",
+    ]
+    if notes:
+        lines += ["", "## Notes", "", notes]
+    if benchmark:
+        lines += ["", "## Measured quality (benchmarks/quality.py, held-out simulated frames)", "",
+                  "| peak photons | method | PSNR dB | SSIM | MS-SSIM |", "|---|---|---|---|---|"]
+        for r in benchmark.get("rows", []):
+            if r["method"] == "raw" or r["method"].split()[0] == name:
+                lines.append(f"| {r['dose']:g} | {r['method']} | {r['psnr']:.2f} | {r['ssim']:.3f} | {r['ms_ssim']:.3f} |")
+        speed = {k: v for k, v in benchmark.get("speed_ms", {}).items() if k.split()[0] == name}
+        if speed:
+            lines += ["", "Speed on a 2-core CPU VM (no GPU):", "", "| setting | ms / 512^2 | ms / 2048^2 |", "|---|---|---|"]
+            for k, v in speed.items():
+                lines.append(f"| {k} | {v['ms_512']:.0f} | {v['ms_2048']:.0f} ({v['2048']}) |")
+    return "\n".join(lines) + "\n"
+
+
+def write_card(name: str, weights: Path, benchmark_json: Path | None = None, notes: str = "") -> Path:
+    bench = json.loads(benchmark_json.read_text()) if benchmark_json and benchmark_json.exists() else None
+    out = weights.with_suffix(".md")
+    out.write_text(render_card(name, weights, bench, notes))
+    return out

@@ -1,0 +1,49 @@
+"""The shipped weights: present, loadable by name and as plug-ins, and actually denoising."""
+
+import numpy as np
+import pytest
+import torch
+
+from lowdose.models import available, default_live_model, load
+from lowdose.models.metrics import psnr
+from lowdose.models.simulate import CameraModel, held_out_set
+from lowdose.plugins.denoiser import Denoiser, create_denoiser
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    # Tiny tensors: a second thread only adds synchronisation, which on a shared
+    # 2-core machine costs several times the work itself.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+SHIPPED = ("unet", "n2v", "ddpm")
+
+
+def test_all_models_are_shipped() -> None:
+    assert set(available()) == set(SHIPPED)
+    assert default_live_model("cpu") == "unet"
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_plugin_restores_and_improves(name: str) -> None:
+    options = {"samples": 2, "steps": 4} if name == "ddpm" else {}
+    den = create_denoiser(name, options, device="cpu")
+    assert isinstance(den, Denoiser) and den.info.name == name and len(den.info.checksum) == 64
+    noisy, clean = held_out_set(1, 64, 20.0, CameraModel(), seed=31_000)
+    out = den.restore(noisy, offset=100.0, gain=1.0)
+    assert out.frames.dtype == np.uint16 and out.frames.shape == noisy.shape
+    dr = float(clean.max() - clean.min())
+    gain_db = psnr(clean[0], out.frames[0].astype(float), dr) - psnr(clean[0], noisy[0].astype(float), dr)
+    assert gain_db > 3.0, f"{name} gains only {gain_db:.1f} dB over the raw frame"
+    if name == "ddpm":
+        assert out.uncertainty is not None and out.uncertainty.shape == noisy.shape
+
+
+def test_load_accepts_options_and_rejects_bad_ones() -> None:
+    den = load("ddpm", device="cpu", samples=1, sampler="ancestral")
+    assert den.info.parameters["sampler"] == "ancestral" and not den.info.has_uncertainty
+    with pytest.raises(TypeError, match="bad option"):
+        load("unet", device="cpu", samples=3)
