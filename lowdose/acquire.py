@@ -39,7 +39,7 @@ def run_acquisition(
     from pymmcore_plus import CMMCorePlus
 
     from lowdose.plugins.pymmcore_plus_hook import PymmcorePlusHook
-    from lowdose.plugins.sim_camera import close_core
+    from lowdose.plugins.pymmcore_plus_hook import release_core as close_core
 
     sequence = load_sequence(sequence_path)
     core = CMMCorePlus()

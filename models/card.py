@@ -53,6 +53,11 @@ def render_card(name: str, weights: Path, benchmark: dict[str, Any] | None, note
         for r in benchmark.get("rows", []):
             if r["method"] == "raw" or r["method"].split()[0] == name:
                 lines.append(f"| {r['dose']:g} | {r['method']} | {r['psnr']:.2f} | {r['ssim']:.3f} | {r['ms_ssim']:.3f} |")
+        study = benchmark.get("sampler_study", []) if ck.kind == "ddpm" else []
+        if study:
+            lines += ["", "Samplers (K = 1, first held-out frame per dose):", "",
+                      "| peak photons | sampler | PSNR dB | SSIM |", "|---|---|---|---|"]
+            lines += [f"| {r['dose']:g} | {r['method']} | {r['psnr']:.2f} | {r['ssim']:.3f} |" for r in study]
         speed = {k: v for k, v in benchmark.get("speed_ms", {}).items() if k.split()[0] == name}
         if speed:
             lines += ["", "Speed on a 2-core CPU VM (no GPU):", "", "| setting | ms / 512^2 | ms / 2048^2 |", "|---|---|---|"]
