@@ -74,7 +74,7 @@ def _store_paths(output: Path) -> tuple[Path, str]:
 
 
 class DaemonProcess:
-    """A `lowdose serve` child process for the demo; stopped with SIGINT like a user would."""
+    """A `lowdose serve` child process; stopped with SIGTERM as a service manager would."""
 
     def __init__(self, config_path: Path, log_path: Path, endpoint: str):
         self.log_path = log_path
@@ -104,9 +104,9 @@ class DaemonProcess:
         self._log.flush()
         return "\n".join(self.log_path.read_text().splitlines()[-lines:])
 
-    def stop(self, timeout: float = 120.0) -> int:
+    def stop(self, timeout: float = 120.0, sig: int = signal.SIGTERM) -> int:
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
+            self.proc.send_signal(sig)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -227,7 +227,7 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> DemoResult:
         code = daemon.stop()
         if core is not None:
             close_core(core)
-    if code not in (0, -signal.SIGINT):
+    if code != 0:
         console.print(f"[yellow]the daemon exited with {code}; log: {daemon.log_path}[/yellow]")
 
     root = zarr.open_group(str(store_path), mode="r")

@@ -115,6 +115,8 @@ def test_democamera_mda_through_pymmcore_plus_hook(tmp_path, demo_core, daemon_f
     yaozarrs.validate_zarr_store(str(store / "restored"))
     restored_attrs = zarr.open_group(str(store / "restored"), mode="r").attrs.asdict()
     assert "identity" in str(restored_attrs)  # provenance names the model
+    # SIGINT/SIGTERM: the daemon finishes what it holds and exits cleanly
+    assert daemon.stop(timeout=60) == 0, daemon.log_tail()
 
 
 def test_sigkill_mid_run_loses_nothing(tmp_path, demo_core, daemon_factory):
