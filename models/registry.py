@@ -12,8 +12,9 @@ from .restorer import denoiser_from_checkpoint
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 SHIPPED = ("unet", "n2v", "ddpm")
-# Most accurate first, as measured by benchmarks/quality.py on the simulator.
-QUALITY_ORDER = ("ddpm", "unet", "n2v")
+# Most accurate first, as measured by benchmarks/quality.py (benchmarks/RESULTS.md): the shipped
+# DDPM is CPU-trained and still below the UNet; move "ddpm" first once a GPU-trained one ships.
+QUALITY_ORDER = ("unet", "ddpm", "n2v")
 
 
 class ModelNotFoundError(DenoiserError, LookupError):
@@ -72,10 +73,10 @@ def default_live_model(
     """The most accurate shipped model that keeps up with a live acquisition on ``device``.
 
     Without ``frame_interval_s`` this is a static choice: the fast UNet (the
-    DDPM needs minutes per 2048^2 frame on a CPU, and on a GPU its speed
-    depends on the card). With it, each candidate is timed on a small probe
-    frame on the device (about a second) and the best one whose time per
-    ``frame_shape`` frame fits in the interval is returned.
+    most accurate shipped model, and the only one fast enough on a CPU).
+    With it, candidates are timed in quality order on a small probe frame on
+    the device and the first whose time per ``frame_shape`` frame fits in the
+    interval is returned ("classical" if none does).
     """
     have = available()
     if frame_interval_s is not None:

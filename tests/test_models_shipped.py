@@ -47,3 +47,23 @@ def test_load_accepts_options_and_rejects_bad_ones() -> None:
     assert den.info.parameters["sampler"] == "ancestral" and not den.info.has_uncertainty
     with pytest.raises(TypeError, match="bad option"):
         load("unet", device="cpu", samples=3)
+
+
+def test_default_live_model_measures_when_given_a_frame_interval() -> None:
+    assert default_live_model("cpu", frame_interval_s=60.0, frame_shape=(256, 256)) == "unet"
+
+
+def test_train_cli(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from lowdose.models.cli import train_app
+
+    runner = CliRunner()
+    bad = runner.invoke(train_app, ["model", "resnet", "--out", str(tmp_path), "--simulate"])
+    assert bad.exit_code != 0 and "unet, n2v or ddpm" in bad.output
+    ok = runner.invoke(train_app, [
+        "model", "n2v", "--out", str(tmp_path / "n2v"), "--simulate", "--epochs", "1",
+        "--steps-per-epoch", "2", "--batch", "2", "--crop", "32",
+    ])
+    assert ok.exit_code == 0, ok.output
+    assert (tmp_path / "n2v" / "best.pt").is_file() and "best checkpoint" in ok.output
