@@ -46,7 +46,7 @@ def backfill_store(
         start = store.start
         for i in range(0, len(todo), batch_size):
             chunk = todo[i : i + batch_size]
-            frames = np.stack([store.read_raw(ix) for ix in chunk])
+            frames = np.stack([store.read_raw(ix) for ix in chunk]).astype(store.restored_dtype, copy=False)
             result = denoiser.restore(frames, offset=start.camera_offset, gain=start.camera_gain)
             unc = result.uncertainty
             store.write_restored(

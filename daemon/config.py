@@ -65,6 +65,7 @@ class StorageConfig(_Section):
     compression: Literal["lz4", "zstd", "none"] = "lz4"
     compression_level: int = Field(1, ge=0, le=22)
     fsync: bool = True
+    restored_dtype: Literal["input", "float32"] = "input"
     write_queue_frames: int = Field(64, ge=1)
 
 

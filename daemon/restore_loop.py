@@ -134,7 +134,8 @@ class RestoreLoop(threading.Thread):
         if state is None or state.finished:
             return
         assert self.denoiser is not None
-        frames = np.stack([it.pixels for it in batch.items])
+        # denoisers answer in their input's dtype: float32 in when the store keeps float32
+        frames = np.stack([it.pixels for it in batch.items]).astype(state.store.restored_dtype, copy=False)
         t0 = time.perf_counter()
         try:
             result = self.denoiser.restore(

@@ -214,6 +214,9 @@ class RunStore:
         self.dtype = np.dtype(start.dtype)
         self._codec = _ChunkCodec(self.dtype, self.frame_shape, cfg.compression, cfg.compression_level)
         self._unc_codec = _ChunkCodec(np.dtype("float32"), self.frame_shape, cfg.compression, cfg.compression_level)
+        # float32 keeps the sub-ADU precision a model recovers at a few photons per pixel
+        self._restored_codec = self._unc_codec if cfg.restored_dtype == "float32" else self._codec
+        self.restored_dtype = self._restored_codec.dtype.newbyteorder("=")
         self._scale = ngff.scale(start.frame_interval_s, start.z_step_um, start.pixel_size_um)
         self._default_cz = (max(1, start.sizes.get("c", 1) or 1), max(1, start.sizes.get("z", 1) or 1))
         self._state = threading.Lock()
@@ -418,7 +421,7 @@ class RunStore:
         self._sizes.setdefault(p, list(self._default_cz))
         raw, restored, unc = ngff.image_names(p)
         self._images[(p, _KIND_RAW)] = self._ensure_image(raw, _KIND_RAW, p, self._codec)
-        self._images[(p, _KIND_RESTORED)] = self._ensure_image(restored, _KIND_RESTORED, p, self._codec)
+        self._images[(p, _KIND_RESTORED)] = self._ensure_image(restored, _KIND_RESTORED, p, self._restored_codec)
         if (self.path / unc / "0" / "zarr.json").exists():
             self._ensure_uncertainty(p)
 
@@ -722,10 +725,10 @@ class RunStore:
                             f"cannot store a restored frame at {index.model_dump()}: its raw frame is not in the store "
                             "(restore only frames that write_raw has stored)"
                         )
-                    if tuple(frame.shape) != self.frame_shape or np.dtype(frame.dtype) != self.dtype:
+                    if tuple(frame.shape) != self.frame_shape or np.dtype(frame.dtype) != self.restored_dtype:
                         raise StoreError(
                             f"restored frame at {index.model_dump()} is {tuple(frame.shape)} {frame.dtype}; it must "
-                            f"match the raw frames, {self.frame_shape} {self.dtype.name} (use to_input_dtype)"
+                            f"be {self.frame_shape} {self.restored_dtype.name} (storage.restored_dtype)"
                         )
                     if unc is not None and tuple(unc.shape) != self.frame_shape:
                         raise StoreError(f"uncertainty map at {index.model_dump()} is {unc.shape}, not {self.frame_shape}")
@@ -762,7 +765,7 @@ class RunStore:
         for index, frame, unc in items:
             rest = self._images[(index.p, _KIND_RESTORED)]
             exists = self._prepare_chunk_dir(rest, index.t, index.c, index.z, dirs)
-            jobs.append((self._codec, rest.chunk_path(index.t, index.c, index.z), frame, exists))
+            jobs.append((self._restored_codec, rest.chunk_path(index.t, index.c, index.z), frame, exists))
             if unc is not None:
                 if (index.p, _KIND_UNCERTAINTY) not in self._images:
                     with self._state:

@@ -218,3 +218,23 @@ def test_offline_backfill_restores_and_finalizes(tmp_path):
     np.testing.assert_array_equal(restored[24, 0, 0], ramp(24))
     with pytest.raises(Exception, match="not a lowdose run store"):
         backfill_store(tmp_path, IdentityDenoiser(), storage=d.cfg.storage)
+
+
+def test_restored_can_be_stored_as_float32(tmp_path):
+    cfg = _cfg(tmp_path, policy="fifo")
+    cfg.storage.restored_dtype = "float32"
+    d = Daemon(cfg)
+    d.start()
+    try:
+        c = WireClient(d.cfg.server.endpoints[0])
+        c.send(_start("run-f32"))
+        for seq in range(3):
+            c.send_frame("run-f32", seq, ramp(seq), t=seq)
+        c.send(p.End(run="run-f32", frames=3))
+        c.recv_until(lambda m: isinstance(m, p.Ack) and m.finished)
+        assert d.wait_idle(30)
+    finally:
+        d.stop()
+    root = zarr.open_group(str(tmp_path / "data" / "run-f32.ome.zarr"), mode="r")
+    assert root["raw/0"].dtype == np.uint16 and root["restored/0"].dtype == np.float32
+    np.testing.assert_array_equal(root["restored/0"][2, 0, 0], ramp(2).astype(np.float32))
