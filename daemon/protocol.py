@@ -56,7 +56,21 @@ def _check_run_id(value: str) -> str:
     return value
 
 
+def _check_shape(v: tuple[int, int]) -> tuple[int, int]:
+    if not all(1 <= n <= MAX_FRAME_SIDE for n in v):
+        raise ValueError(f"frame shape must be (Y, X) with 1 <= side <= {MAX_FRAME_SIDE}; got {v}")
+    return v
+
+
+def _check_dtype(v: str) -> str:
+    if v not in FRAME_DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(FRAME_DTYPES)}; got {v!r}")
+    return v
+
+
 RunId = Annotated[str, AfterValidator(_check_run_id)]
+FrameShape = Annotated[tuple[int, int], AfterValidator(_check_shape)]
+PixelDtype = Annotated[str, AfterValidator(_check_dtype)]
 
 
 class FrameIndex(_Message):
@@ -75,8 +89,8 @@ class Start(_Message):
     run: RunId
     instrument: str = "unknown"
     source: str = "unknown"  # which hook: "pymmcore-plus", "pycromanager", ...
-    shape: tuple[int, int]  # (Y, X) of every frame
-    dtype: str
+    shape: FrameShape  # (Y, X) of every frame
+    dtype: PixelDtype
     sizes: dict[str, int] = Field(default_factory=dict)  # expected t/p/c/z sizes; absent = unknown
     pixel_size_um: float | None = None
     z_step_um: float | None = None
@@ -86,17 +100,6 @@ class Start(_Message):
     camera_gain: float | None = None  # ADU per e-
     summary: dict[str, Any] = Field(default_factory=dict)  # free-form summary metadata
     sequence: dict[str, Any] | None = None  # the useq MDASequence as JSON, when known
-
-    @field_validator("shape")
-    @classmethod
-    def _shape(cls, v: tuple[int, int]) -> tuple[int, int]:
-        _check_shape(v)
-        return v
-
-    @field_validator("dtype")
-    @classmethod
-    def _dtype(cls, v: str) -> str:
-        return _check_dtype(v)
 
     @field_validator("sizes")
     @classmethod
@@ -116,23 +119,12 @@ class Frame(_Message):
     run: RunId
     seq: int = Field(ge=0)  # per-run sequence number: resends reuse it, so writes are idempotent
     index: FrameIndex = FrameIndex()
-    shape: tuple[int, int]
-    dtype: str
+    shape: FrameShape
+    dtype: PixelDtype
     timestamp: float = 0.0  # seconds since the epoch, when the hook received the frame
     elapsed_ms: float | None = None  # since acquisition start, from the camera metadata
     exposure_ms: float | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("shape")
-    @classmethod
-    def _shape(cls, v: tuple[int, int]) -> tuple[int, int]:
-        _check_shape(v)
-        return v
-
-    @field_validator("dtype")
-    @classmethod
-    def _dtype(cls, v: str) -> str:
-        return _check_dtype(v)
 
     @property
     def nbytes(self) -> int:
@@ -190,8 +182,8 @@ class Preview(_Message):
     run: str
     seq: int
     index: FrameIndex
-    shape: tuple[int, int]
-    dtype: str
+    shape: FrameShape
+    dtype: PixelDtype
     mode: Literal["live", "backfill"] = "live"
     model: str = ""
 
@@ -206,17 +198,6 @@ Message = Annotated[
 ]
 _MESSAGE = TypeAdapter(Message)
 KINDS = ("start", "frame", "end", "heartbeat", "status", "ack", "error", "status_reply", "preview")
-
-
-def _check_shape(v: tuple[int, int]) -> None:
-    if not all(1 <= n <= MAX_FRAME_SIDE for n in v):
-        raise ValueError(f"frame shape must be (Y, X) with 1 <= side <= {MAX_FRAME_SIDE}; got {v}")
-
-
-def _check_dtype(v: str) -> str:
-    if v not in FRAME_DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(FRAME_DTYPES)}; got {v!r}")
-    return v
 
 
 def encode(msg: _Message, payload: Any = None) -> list[Any]:

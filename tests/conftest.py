@@ -288,3 +288,18 @@ def hook_cfg_factory(tmp_path: Path) -> Callable[..., HookConfig]:
 
 def frame_pixels(received: Received) -> np.ndarray:
     return np.frombuffer(received.pixels, dtype=received.frame.dtype).reshape(received.frame.shape)
+
+
+# ----------------------------------------------------------------------------- torch
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models: a second thread only adds synchronisation, which on a shared
+    2-core machine costs several times the work itself."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -11,14 +11,7 @@ from lowdose.models.restorer import denoiser_from_checkpoint
 from lowdose.models.unet import DiffusionUNet
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    # Tiny tensors: a second thread only adds synchronisation, which on a shared
-    # 2-core machine costs several times the work itself.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_cosine_schedule_is_monotone_and_bounded() -> None:

@@ -13,14 +13,7 @@ from lowdose.models.unet import FastUNet
 from lowdose.plugins.denoiser import Denoiser
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    # Tiny tensors: a second thread only adds synchronisation, which on a shared
-    # 2-core machine costs several times the work itself.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _save_unet(path: Path, identity: bool = False, seed: int = 0) -> Path:

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 
 from lowdose.models import available, default_live_model, load
 from lowdose.models.metrics import psnr
@@ -10,14 +9,7 @@ from lowdose.models.simulate import CameraModel, held_out_set
 from lowdose.plugins.denoiser import Denoiser, create_denoiser
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    # Tiny tensors: a second thread only adds synchronisation, which on a shared
-    # 2-core machine costs several times the work itself.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 SHIPPED = ("unet", "n2v", "ddpm")
 

@@ -4,21 +4,13 @@ import time
 
 import numpy as np
 import pytest
-import torch
 
 from lowdose.models.simulate import (
     KINDS, CameraModel, PairGenerator, Specimen, expected_adu, expose, held_out_set,
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    # Tiny tensors: a second thread only adds synchronisation, which on a shared
-    # 2-core machine costs several times the work itself.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -15,14 +15,7 @@ from lowdose.models.simulate import held_out_set
 from lowdose.models.train import TrainConfig, main_train
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    # Tiny tensors: a second thread only adds synchronisation, which on a shared
-    # 2-core machine costs several times the work itself.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 TINY = {"base": 4, "depth": 2}
 
