@@ -578,8 +578,9 @@ class FrameSender:
         st = self._st
         hb = self.cfg.heartbeat_s
         if now - st.last_rx >= hb and now - st.last_hb >= hb and st.start_sent:
-            if self._send(sock, encode(Heartbeat(run=self.run))):
-                st.last_hb = now
+            # a heartbeat that cannot go out now waits for the next interval, not the next loop turn
+            self._send(sock, encode(Heartbeat(run=self.run)))
+            st.last_hb = now
 
     # ---------------------------------------------------------------- replies
 
