@@ -126,11 +126,13 @@ def test_sigkill_mid_run_loses_nothing(tmp_path, demo_core, daemon_factory):
     captured = _capture(demo_core)
     hook = PymmcorePlusHook(cfg.hook, run="killed", instrument="DemoCamera")
     killed = threading.Event()
+    first_id: list[str] = []
 
     def kill_when_half_acked():
         while not killed.is_set():
             c = hook.counters()
             if c is not None and c.acked >= 20:
+                first_id.append(c.daemon)
                 os.kill(first.proc.pid, signal.SIGKILL)
                 killed.set()
                 return
@@ -151,7 +153,9 @@ def test_sigkill_mid_run_loses_nothing(tmp_path, demo_core, daemon_factory):
     report = hook.report(timeout=120)
     logs = f"\nfirst daemon:\n{first.log_tail()}\nsecond daemon:\n{restarted[0].log_tail()}"
     assert report is not None and report.acked == n and report.unacked == 0, f"{report}{logs}"
-    assert hook.counters().reconnects + hook.counters().restarts >= 1, logs  # the hook noticed
+    # the last acks came from the restarted daemon (the hook may not have needed to resend anything:
+    # frames in flight at the kill are resent, but a kill between frames leaves nothing in flight)
+    assert hook.counters().daemon not in ("", first_id[0]), logs
     _wait_finished(first.endpoint, "killed")
     _check_store(tmp_path / "data" / "killed.ome.zarr", captured)
 
