@@ -58,6 +58,6 @@ def backfill_store(
                 progress(min(i + batch_size, len(todo)), len(todo))
         stored_end = RunStore.read_state(store.path).get("end")
         summary = store.finalize(End.model_validate(stored_end) if stored_end else None) if finalize else {}
-        return BackfillResult(store=store.path, restored=len(todo), remaining=len(store.unrestored()), summary=summary)
+        return BackfillResult(store=store.path, restored=len(todo), remaining=store.unrestored_count(), summary=summary)
     finally:
         store.close()

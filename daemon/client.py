@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 import uuid
+from typing import Callable
 
 import zmq
 
@@ -39,3 +41,29 @@ def query_status(endpoint: str, timeout: float = 3.0) -> dict:
     finally:
         sock.close(linger=0)
         ctx.term()
+
+
+def wait_run_finished(
+    endpoint: str,
+    run: str,
+    timeout: float,
+    *,
+    on_status: Callable[[dict], None] | None = None,
+    poll_s: float = 0.2,
+) -> dict:
+    """Poll the daemon until ``run`` is finished (raw complete, restored, finalized); its status.
+
+    ``on_status`` sees every status of the run on the way (progress bars).
+    Raises :class:`TimeoutError` with the last status seen.
+    """
+    deadline = time.monotonic() + timeout
+    last: dict = {}
+    while time.monotonic() < deadline:
+        status = query_status(endpoint, timeout=5.0)
+        last = next((r for r in status["runs"] if r["run"] == run), {})
+        if on_status is not None and last:
+            on_status(last)
+        if last.get("state") == "finished":
+            return last
+        time.sleep(poll_s)
+    raise TimeoutError(f"run {run!r} did not finish within {timeout:.0f} s; last status: {last}")

@@ -96,12 +96,12 @@ class RestoreLoop(threading.Thread):
         # take runs in turn so one long backlog does not starve another run's backfill
         for k in range(len(candidates)):
             state = candidates[(self._backfill_turn + k) % len(candidates)]
-            todo = state.store.unrestored()
+            todo = state.store.unrestored(limit=self.scheduler.batch_size)
             if not todo:
                 continue
             self._backfill_turn += k + 1
             items = []
-            for index in todo[: self.scheduler.batch_size]:
+            for index in todo:
                 pixels = state.store.read_raw(index)
                 items.append(LiveItem(run=state.run, seq=-1, index=index, pixels=pixels, received_at=time.monotonic()))
             return Batch(run=state.run, items=tuple(items), mode="backfill")
@@ -112,7 +112,7 @@ class RestoreLoop(threading.Thread):
             if not state.raw_complete or self.scheduler.pending(state.run):
                 continue
             gave_up = self._failures.get(state.run, 0) >= MAX_CONSECUTIVE_FAILURES
-            if self.cfg.backfill and not gave_up and state.store.unrestored():
+            if self.cfg.backfill and not gave_up and state.store.unrestored_count():
                 continue
             self.finalize(state)
 

@@ -169,7 +169,7 @@ class Daemon:
             self.runs.add(RunState(start=start, store=store, identity=b"", counters=counters))
             self.scheduler.add_run(start.run)
             log.info("resumed unfinished run %s (%d raw frames, %d to restore)", start.run,
-                     store.raw_count(), len(store.unrestored()))
+                     store.raw_count(), store.unrestored_count())
         self.metrics.active_runs.set(len(self.runs.active()))
 
     def stop(self, timeout: float = 60.0) -> None:

@@ -38,6 +38,7 @@ first). The tests read everything back through zarr-python, ome-zarr-py and both
 from __future__ import annotations
 
 import errno
+import heapq
 import json
 import logging
 import os
@@ -806,11 +807,19 @@ class RunStore:
         for k in touched:
             self._publish(self._images[k])
 
-    def unrestored(self) -> list[FrameIndex]:
-        """Raw frames written but not restored, in acquisition (seq) order."""
+    def unrestored(self, limit: int | None = None) -> list[FrameIndex]:
+        """Raw frames written but not restored, in acquisition (seq) order; the first ``limit`` only."""
         with self._state:
-            items = sorted(self._pending.items(), key=lambda kv: kv[1])
+            if limit is None:
+                items = sorted(self._pending.items(), key=lambda kv: kv[1])
+            else:  # the restore loop asks for a batch every idle turn: no full sort of a long backlog
+                items = heapq.nsmallest(limit, self._pending.items(), key=lambda kv: kv[1])
         return [FrameIndex(p=k[0], t=k[1], c=k[2], z=k[3]) for k, _ in items]
+
+    def unrestored_count(self) -> int:
+        """How many raw frames lack a restoration, in O(1)."""
+        with self._state:
+            return len(self._pending)
 
     def raw_indices(self) -> list[FrameIndex]:
         """Every raw frame written, in acquisition (seq) order."""

@@ -137,7 +137,7 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> DemoResult:
     import useq
     import zarr
 
-    from lowdose.daemon.client import query_status
+    from lowdose.daemon.client import wait_run_finished
     from lowdose.daemon.config import load_config
     from lowdose.plugins.pymmcore_plus_hook import PymmcorePlusHook
     from lowdose.plugins.sim_camera import close_core, make_sim_core
@@ -211,18 +211,15 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> DemoResult:
             core.mda.events.frameReady.disconnect(on_frame)
             report = hook.report()
             rest = progress.add_task("restoring (live + backfill)", total=opts.frames)
-            deadline = time.monotonic() + max(600.0, opts.frames * 5.0)
-            run_status: dict = {}
-            while time.monotonic() < deadline:
-                st = query_status(endpoint, timeout=5.0)
-                run_status = next((r for r in st["runs"] if r["run"] == run_id), {})
-                done = run_status.get("frames_restored_live", 0) + run_status.get("frames_restored_backfill", 0)
+
+            def show(run_status: dict) -> None:
+                done = run_status["frames_restored_live"] + run_status["frames_restored_backfill"]
                 progress.update(rest, completed=min(done, opts.frames))
-                if run_status.get("state") == "finished":
-                    break
-                time.sleep(0.2)
-            else:
-                raise RuntimeError(f"restoration did not finish in time; daemon log:\n{daemon.log_tail()}")
+
+            try:
+                run_status = wait_run_finished(endpoint, run_id, max(600.0, opts.frames * 5.0), on_status=show)
+            except TimeoutError as exc:
+                raise RuntimeError(f"{exc}; daemon log:\n{daemon.log_tail()}") from None
     finally:
         code = daemon.stop()
         if core is not None:

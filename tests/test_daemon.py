@@ -40,13 +40,25 @@ def _start(run, shape=(32, 48), **kw):
     return p.Start(run=run, shape=shape, dtype="uint16", instrument="test", sizes={"t": kw.pop("t", 0)}, **kw)
 
 
+def _stream(d, run, seqs, end_frames=None):
+    """Start ``run``, send frames ``seqs``; with ``end_frames`` end the run and wait for the finished ack,
+    else wait until the last frame is acked. Returns every reply seen."""
+    c = WireClient(d.cfg.server.endpoints[0])
+    seqs = list(seqs)
+    c.send(_start(run))
+    for seq in seqs:
+        c.send_frame(run, seq, ramp(seq), t=seq)
+    if end_frames is None:
+        _, seen = c.recv_until(lambda m: seqs[-1] in acked([m]))
+    else:
+        c.send(p.End(run=run, frames=end_frames))
+        _, seen = c.recv_until(lambda m: isinstance(m, p.Ack) and m.finished)
+    c.close()
+    return seen
+
+
 def test_frames_are_written_acked_restored_and_finalized(daemon, tmp_path):
-    c = WireClient(daemon.cfg.server.endpoints[0])
-    c.send(_start("run-a"))
-    for seq in range(20):
-        c.send_frame("run-a", seq, ramp(seq), t=seq)
-    c.send(p.End(run="run-a", frames=20))
-    fin, seen = c.recv_until(lambda m: isinstance(m, p.Ack) and m.finished)
+    seen = _stream(daemon, "run-a", range(20), end_frames=20)
     assert acked(seen) == set(range(20))
     assert daemon.wait_idle(30)
     root = zarr.open_group(str(tmp_path / "data" / "run-a.ome.zarr"), mode="r")
@@ -55,16 +67,10 @@ def test_frames_are_written_acked_restored_and_finalized(daemon, tmp_path):
     for t in (0, 7, 19):
         np.testing.assert_array_equal(raw[t, 0, 0], ramp(t))
         np.testing.assert_array_equal(restored[t, 0, 0], ramp(t))  # identity denoiser
-    c.close()
 
 
 def test_resent_frames_are_stored_once(daemon, tmp_path):
-    c = WireClient(daemon.cfg.server.endpoints[0])
-    c.send(_start("run-dup"))
-    for seq in (0, 1, 2, 1, 2, 3):
-        c.send_frame("run-dup", seq, ramp(seq), t=seq)
-    c.send(p.End(run="run-dup", frames=4))
-    c.recv_until(lambda m: isinstance(m, p.Ack) and m.finished)
+    _stream(daemon, "run-dup", (0, 1, 2, 1, 2, 3), end_frames=4)
     assert daemon.wait_idle(30)
     st = query_status(daemon.cfg.server.endpoints[0])
     run = next(r for r in st["runs"] if r["run"] == "run-dup")
@@ -108,12 +114,7 @@ def test_slow_model_latest_policy_skips_live_and_backfill_completes(tmp_path):
     d = Daemon(_cfg(tmp_path, policy="latest", batch_size=2, denoiser_options={"delay_ms": 40}))
     d.start()
     try:
-        c = WireClient(d.cfg.server.endpoints[0])
-        c.send(_start("run-slow"))
-        for seq in range(40):
-            c.send_frame("run-slow", seq, ramp(seq), t=seq)
-        c.send(p.End(run="run-slow", frames=40))
-        _, seen = c.recv_until(lambda m: isinstance(m, p.Ack) and m.finished)
+        seen = _stream(d, "run-slow", range(40), end_frames=40)
         assert acked(seen) == set(range(40))  # raw never waits for the model
         assert d.wait_idle(60)
         run = d.status()["runs"][0]
@@ -165,20 +166,11 @@ def test_preview_stream_publishes_restored_frames(daemon):
     sub.close(linger=0)
 
 
-def _send_run(d, run, n):
-    c = WireClient(d.cfg.server.endpoints[0])
-    c.send(_start(run))
-    for seq in range(n):
-        c.send_frame(run, seq, ramp(seq), t=seq)
-    c.recv_until(lambda m: acked([m]) >= {n - 1})
-    c.close()
-
-
 def test_a_restarted_daemon_resumes_unfinished_runs(tmp_path):
     # first daemon: no backfill, a slow model -> frames left unrestored, no End ever comes
     d = Daemon(_cfg(tmp_path, policy="latest", batch_size=1, backfill=False, denoiser_options={"delay_ms": 30}))
     d.start()
-    _send_run(d, "run-orphan", 30)
+    _stream(d, "run-orphan", range(30))
     d.stop()
     assert d.runs.get("run-orphan").store.unrestored()  # the first daemon left work behind
     store = tmp_path / "data" / "run-orphan.ome.zarr"
@@ -207,7 +199,7 @@ def test_offline_backfill_restores_and_finalizes(tmp_path):
 
     d = Daemon(_cfg(tmp_path, policy="latest", batch_size=1, backfill=False, denoiser_options={"delay_ms": 30}))
     d.start()
-    _send_run(d, "run-off", 25)
+    _stream(d, "run-off", range(25))
     d.stop()
     path = tmp_path / "data" / "run-off.ome.zarr"
     result = backfill_store(path, IdentityDenoiser(), storage=d.cfg.storage)
@@ -226,12 +218,7 @@ def test_restored_can_be_stored_as_float32(tmp_path):
     d = Daemon(cfg)
     d.start()
     try:
-        c = WireClient(d.cfg.server.endpoints[0])
-        c.send(_start("run-f32"))
-        for seq in range(3):
-            c.send_frame("run-f32", seq, ramp(seq), t=seq)
-        c.send(p.End(run="run-f32", frames=3))
-        c.recv_until(lambda m: isinstance(m, p.Ack) and m.finished)
+        _stream(d, "run-f32", range(3), end_frames=3)
         assert d.wait_idle(30)
     finally:
         d.stop()

@@ -20,7 +20,7 @@ import useq
 import yaml
 import zarr
 
-from lowdose.daemon.client import query_status
+from lowdose.daemon.client import wait_run_finished
 from lowdose.daemon.config import load_config
 from lowdose.demo import DaemonProcess
 from lowdose.plugins.pymmcore_plus_hook import PymmcorePlusHook
@@ -56,17 +56,6 @@ def daemon_factory(tmp_path):
         d.stop(timeout=30)
 
 
-def _wait_finished(endpoint: str, run: str, timeout: float = 120.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        st = query_status(endpoint, timeout=5)
-        r = next((r for r in st["runs"] if r["run"] == run), None)
-        if r is not None and r["state"] == "finished":
-            return r
-        time.sleep(0.2)
-    raise AssertionError(f"run {run} did not finish; last status: {st}")
-
-
 def _capture(core) -> dict[int, np.ndarray]:
     frames: dict[int, np.ndarray] = {}
 
@@ -99,7 +88,7 @@ def test_democamera_mda_through_pymmcore_plus_hook(tmp_path, demo_core, daemon_f
     demo_core.mda.run(useq.MDASequence(time_plan={"interval": 0, "loops": 120}), output=hook)
     report = hook.report(timeout=60)
     assert report is not None and report.acked == 120 and report.unacked == 0
-    status = _wait_finished(daemon.endpoint, "dc-120")
+    status = wait_run_finished(daemon.endpoint, "dc-120", 120)
     assert status["frames_written"] == 120 and status["frames_duplicate"] == 0
     store = tmp_path / "data" / "dc-120.ome.zarr"
     _check_store(store, captured)
@@ -156,7 +145,7 @@ def test_sigkill_mid_run_loses_nothing(tmp_path, demo_core, daemon_factory):
     # the last acks came from the restarted daemon (the hook may not have needed to resend anything:
     # frames in flight at the kill are resent, but a kill between frames leaves nothing in flight)
     assert hook.counters().daemon not in ("", first_id[0]), logs
-    _wait_finished(first.endpoint, "killed")
+    wait_run_finished(first.endpoint, "killed", 120)
     _check_store(tmp_path / "data" / "killed.ome.zarr", captured)
 
 
@@ -178,7 +167,7 @@ def test_slow_model_does_not_slow_the_microscope(tmp_path, demo_core, daemon_fac
     # generous: these machines are noisy; the benchmark measures the real ratio
     assert hooked_s < bare_s * 1.5 + 0.5, (hooked_s, bare_s)
     assert hook.report(timeout=60).acked == n
-    status = _wait_finished(daemon.endpoint, "slow", timeout=180)
+    status = wait_run_finished(daemon.endpoint, "slow", 180)
     assert status["frames_restored_live"] < n  # the latest policy skipped frames live
     assert status["frames_restored_live"] + status["frames_restored_backfill"] >= n
     _check_store(tmp_path / "data" / "slow.ome.zarr", captured)
@@ -208,7 +197,7 @@ def test_pycromanager_python_backend_through_the_daemon(tmp_path, pycromanager_h
         acq.acquire(events)
     report = hook.report(timeout=60)
     assert report is not None and report.acked == 120 and report.unacked == 0
-    status = _wait_finished(daemon.endpoint, "pm-120")
+    status = wait_run_finished(daemon.endpoint, "pm-120", 120)
     assert status["frames_written"] == 120
     root = zarr.open_group(str(tmp_path / "data" / "pm-120.ome.zarr"), mode="r")
     raw, restored = root["raw/0"], root["restored/0"]
