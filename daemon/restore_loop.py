@@ -103,7 +103,8 @@ class RestoreLoop(threading.Thread):
             items = []
             for index in todo:
                 pixels = state.store.read_raw(index)
-                items.append(LiveItem(run=state.run, seq=-1, index=index, pixels=pixels, received_at=time.monotonic()))
+                items.append(LiveItem(run=state.run, seq=state.store.seq_of(index), index=index, pixels=pixels,
+                                      received_at=time.monotonic()))
             return Batch(run=state.run, items=tuple(items), mode="backfill")
         return None
 

@@ -816,6 +816,14 @@ class RunStore:
                 items = heapq.nsmallest(limit, self._pending.items(), key=lambda kv: kv[1])
         return [FrameIndex(p=k[0], t=k[1], c=k[2], z=k[3]) for k, _ in items]
 
+    def seq_of(self, index: FrameIndex) -> int:
+        """The sequence number of the raw frame stored at ``index`` (FrameNotStored if none)."""
+        with self._state:
+            seq = self._by_key.get((index.p, index.t, index.c, index.z))
+        if seq is None:
+            raise FrameNotStored(f"no raw frame at {index.model_dump()}")
+        return seq
+
     def unrestored_count(self) -> int:
         """How many raw frames lack a restoration, in O(1)."""
         with self._state:

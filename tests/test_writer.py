@@ -370,3 +370,14 @@ def test_concurrent_raw_and_restored_threads(tmp_path: Path) -> None:
     assert store.restored_count() == n and store.unrestored() == []
     np.testing.assert_array_equal(published(store, "restored")[:], published(store)[:])
     store.close()
+
+
+def test_seq_of_names_the_frame_at_an_index_and_backlog_queries_are_bounded(tmp_path):
+    store = RunStore.open(tmp_path, make_start(), cfg(), "test")
+    store.write_raw([frame(seq, t=t) for seq, t in ((10, 0), (11, 2), (12, 1))])
+    assert store.seq_of(FrameIndex(t=2)) == 11
+    with pytest.raises(FrameNotStored):
+        store.seq_of(FrameIndex(t=5))
+    assert store.unrestored_count() == 3
+    assert store.unrestored(limit=2) == [FrameIndex(t=0), FrameIndex(t=2)]  # seq order, first two only
+    store.close()
