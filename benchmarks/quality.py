@@ -93,8 +93,8 @@ def tuned(make: Callable[[float], Method], grid: tuple[float, ...], noisy: np.nd
 # --------------------------------------------------------------------------- learned models
 
 
-def learned(name: str, **options: object) -> Method:
-    den = load(name, device="cpu", **options)
+def learned(name: str, device: str = "cpu", **options: object) -> Method:
+    den = load(name, device=device, **options)
     # float in -> float out: a uint16 output would be rounded to whole ADU, which at a few
     # photons per pixel costs several dB that the float classical baselines do not pay
     return lambda f: den.restore(f.astype(np.float32), offset=CAMERA.offset, gain=CAMERA.gain).frames
@@ -117,6 +117,7 @@ class Row:
     ms_ssim: float
     seconds_per_image: float
     note: str = ""
+    mse: list[float] = field(default_factory=list)  # per image, ADU^2
 
 
 @dataclass
@@ -124,6 +125,7 @@ class Report:
     rows: list[Row] = field(default_factory=list)
     speed_ms: dict[str, dict[str, float | str]] = field(default_factory=dict)
     uncertainty_spearman: dict[float, float] = field(default_factory=dict)
+    ddpm_limit_psnr: dict[float, float] = field(default_factory=dict)
     sampler_study: list[Row] = field(default_factory=list)
 
 
@@ -132,12 +134,29 @@ def evaluate(name: str, method: Method, noisy: np.ndarray, clean: np.ndarray, do
     out = method(noisy)
     dt = (time.perf_counter() - t) / len(noisy)
     s = np.array([_score(out[i], clean[i]) for i in range(len(noisy))]).mean(0)
-    return Row(name, dose, float(s[0]), float(s[1]), float(s[2]), dt, note)
+    mse = [float(np.mean((out[i].astype(np.float64) - clean[i]) ** 2)) for i in range(len(noisy))]
+    return Row(name, dose, float(s[0]), float(s[1]), float(s[2]), dt, note, mse)
 
 
-def ddpm_capturing(samples: int, store: dict[str, np.ndarray]) -> Method:
+def averaging_limit(k1: Row, kk: Row, k: int, clean: np.ndarray) -> float:
+    """PSNR of the K -> infinity average of DDPM samples, extrapolated from K = 1 and K = k.
+
+    The mean of k independent samples has MSE = B + V / k (B: error of the sampler's
+    own mean, V: per-pixel sample variance), so two K give B. This is the best any
+    amount of averaging can reach with this network; for a perfect posterior sampler
+    B is the MMSE and V equals it, so K = 8 stays 10 log10(1 + 1/8) = 0.51 dB short.
+    """
+    out = []
+    for i, (m1, mk) in enumerate(zip(k1.mse, kk.mse)):
+        b = max((k * mk - m1) / (k - 1), 1e-12)
+        dr = float(clean[i].max() - clean[i].min())
+        out.append(10.0 * np.log10(dr**2 / b))
+    return float(np.mean(out))
+
+
+def ddpm_capturing(weights: str, samples: int, store: dict[str, np.ndarray], device: str = "cpu") -> Method:
     """The DDPM method that also keeps its uncertainty map for the correlation study."""
-    den = load("ddpm", device="cpu", samples=samples, steps=10)
+    den = load(weights, device=device, samples=samples, steps=10)
 
     def run(f: np.ndarray) -> np.ndarray:
         res = den.restore(f.astype(np.float32), offset=CAMERA.offset, gain=CAMERA.gain)
@@ -173,7 +192,7 @@ def _time(fn: Callable[[], object], repeat: int = 1) -> float:
     return (time.perf_counter() - t) / repeat * 1e3
 
 
-def speed(methods: dict[str, Method], ddpm_evals: dict[str, int], big: bool) -> dict[str, dict[str, float | str]]:
+def speed(methods: dict[str, Method], ddpm_evals: dict[str, int], big: bool, ddpm: str = "ddpm") -> dict[str, dict[str, float | str]]:
     rng = np.random.default_rng(0)
     frames = {s: (rng.poisson(20, (1, s, s)) + 100).astype(np.uint16) for s in (512, 2048)}
     out: dict[str, dict[str, float | str]] = {}
@@ -182,9 +201,9 @@ def speed(methods: dict[str, Method], ddpm_evals: dict[str, int], big: bool) -> 
         measured = big and name in ("gaussian", "unet", "n2v")
         ms2048 = _time(lambda: m(frames[2048])) if measured else ms512 * 16
         out[name] = {"ms_512": ms512, "ms_2048": ms2048, "2048": "measured" if measured else "x16 of 512^2"}
-    if "ddpm" in available():
+    if ddpm_evals:
         # One network evaluation over a whole frame (tiled), times the evaluations a sampler makes.
-        den = load("ddpm", device="cpu", samples=1, steps=1)
+        den = load(ddpm, device="cpu", samples=1, steps=1)
         ms_eval = _time(lambda: den.restore(frames[512]))
         for name, evals in ddpm_evals.items():
             out[name] = {"ms_512": ms_eval * evals, "ms_2048": ms_eval * evals * 16,
@@ -195,10 +214,13 @@ def speed(methods: dict[str, Method], ddpm_evals: dict[str, int], big: bool) -> 
 # --------------------------------------------------------------------------- main
 
 
-def run(images: int, size: int, sampler_study: bool, big: bool, timings: bool) -> Report:
+def run(images: int, size: int, sampler_study: bool, big: bool, timings: bool, ddpm: str = "ddpm",
+        device: str = "cpu") -> Report:
     torch.set_num_threads(2)
     rep = Report()
-    have = available()
+    have = set(available())
+    if ddpm != "ddpm":  # a checkpoint path: score it in the shipped DDPM's place
+        have.add("ddpm")
     for k, dose in enumerate(DOSES):
         noisy, clean = held_out_set(images, size, dose, CAMERA, seed=20_000 + 100 * k)
         g, gs = tuned(gaussian, (0.7, 1.0, 1.5, 2.0, 3.0), noisy, clean)
@@ -209,11 +231,11 @@ def run(images: int, size: int, sampler_study: bool, big: bool, timings: bool) -
             ("nlm (GAT)", nl, f"h={hs}"),
             ("bm3d (GAT)", bm3d_method, ""),
         ]
-        methods += [(n, learned(n), "") for n in ("n2v", "unet") if n in have]
+        methods += [(n, learned(n, device), "") for n in ("n2v", "unet") if n in have]
         captured: dict[str, np.ndarray] = {}
         if "ddpm" in have:
-            methods += [(f"ddpm K={kk}", learned("ddpm", samples=kk, steps=10), "DDIM 10 steps") for kk in (1, 4)]
-            methods.append(("ddpm K=8", ddpm_capturing(8, captured), "DDIM 10 steps"))
+            methods += [(f"ddpm K={kk}", learned(ddpm, device, samples=kk, steps=10), "DDIM 10 steps") for kk in (1, 4)]
+            methods.append(("ddpm K=8", ddpm_capturing(ddpm, 8, captured, device), "DDIM 10 steps"))
         for name, m, note in methods:
             row = evaluate(name, m, noisy, clean, dose, note)
             rep.rows.append(row)
@@ -221,17 +243,20 @@ def run(images: int, size: int, sampler_study: bool, big: bool, timings: bool) -
         if "ddpm" in have:
             rep.uncertainty_spearman[dose] = uncertainty_correlation(captured["frames"], captured["uncertainty"], clean)
             print(f"dose {dose:>5}: uncertainty-vs-error Spearman rho = {rep.uncertainty_spearman[dose]:.3f}", flush=True)
+            by_name = {r.method: r for r in rep.rows if r.dose == dose}
+            rep.ddpm_limit_psnr[dose] = averaging_limit(by_name["ddpm K=1"], by_name["ddpm K=8"], 8, clean)
+            print(f"dose {dose:>5}: ddpm K->inf (extrapolated from K=1, 8) PSNR {rep.ddpm_limit_psnr[dose]:6.2f}", flush=True)
             if sampler_study:
                 for name, opts in [("ancestral 200", dict(sampler="ancestral")), ("ddim 5", dict(steps=5)),
                                    ("ddim 10", dict(steps=10)), ("ddim 20", dict(steps=20))]:
-                    row = evaluate(name, learned("ddpm", samples=1, **opts), noisy[:1], clean[:1], dose)
+                    row = evaluate(name, learned(ddpm, device, samples=1, **opts), noisy[:1], clean[:1], dose)
                     rep.sampler_study.append(row)
                     print(f"dose {dose:>5}: sampler {name:<14} PSNR {row.psnr:6.2f}  SSIM {row.ssim:.3f}  {row.seconds_per_image:.1f} s", flush=True)
     if timings:
         timing_methods: dict[str, Method] = {"gaussian": gaussian(1.5), "nlm (GAT)": nlm(0.8), "bm3d (GAT)": bm3d_method}
         timing_methods.update({n: learned(n) for n in ("n2v", "unet") if n in have})
-        rep.speed_ms = speed(timing_methods, {"ddpm K=1 (10 steps)": 10, "ddpm K=4 (10 steps)": 40,
-                                              "ddpm K=8 (10 steps)": 80, "ddpm 200 ancestral": 200}, big)
+        evals = {"ddpm K=1 (10 steps)": 10, "ddpm K=4 (10 steps)": 40, "ddpm K=8 (10 steps)": 80, "ddpm 200 ancestral": 200}
+        rep.speed_ms = speed(timing_methods, evals if "ddpm" in have else {}, big, ddpm)
     return rep
 
 
@@ -257,6 +282,10 @@ def targets(rep: Report) -> list[str]:
             lines.append(f"[{'MET' if u > classical else 'MISSED'}] UNet vs best classical at dose {dose:g}: {u:.2f} vs {classical:.2f} dB")
     for dose, rho in rep.uncertainty_spearman.items():
         lines.append(f"[report] dose {dose:g}: Spearman(per-tile uncertainty, per-tile RMSE) = {rho:.3f}")
+    for dose, limit in rep.ddpm_limit_psnr.items():
+        if ("unet", dose) in by:
+            lines.append(f"[report] dose {dose:g}: DDPM averaged without limit (K->inf, extrapolated) {limit:.2f} dB "
+                         f"vs UNet {by[('unet', dose)].psnr:.2f} dB")
     return lines
 
 
@@ -267,10 +296,12 @@ def main() -> None:
     ap.add_argument("--no-sampler-study", action="store_true", help="skip ancestral-200 vs DDIM")
     ap.add_argument("--no-timings", action="store_true")
     ap.add_argument("--no-2048", action="store_true", help="extrapolate all 2048^2 timings from 512^2")
+    ap.add_argument("--ddpm", default="ddpm", help="DDPM to score: the shipped name or a checkpoint path")
+    ap.add_argument("--device", default="cpu", help="device of the learned models' quality runs (timings stay on CPU)")
     ap.add_argument("--json", type=Path, help="write all figures here")
     a = ap.parse_args()
     t0 = time.time()
-    rep = run(a.images, a.size, not a.no_sampler_study, not a.no_2048, not a.no_timings)
+    rep = run(a.images, a.size, not a.no_sampler_study, not a.no_2048, not a.no_timings, a.ddpm, a.device)
     print("\n| dose | method | PSNR dB | SSIM | MS-SSIM | s/frame |\n|---|---|---|---|---|---|")
     for r in rep.rows:
         print(f"| {r.dose:g} | {r.method} | {r.psnr:.2f} | {r.ssim:.3f} | {r.ms_ssim:.3f} | {r.seconds_per_image:.2f} |")
@@ -291,6 +322,7 @@ def main() -> None:
         a.json.write_text(json.dumps({
             "rows": [r.__dict__ for r in rep.rows], "sampler_study": [r.__dict__ for r in rep.sampler_study],
             "speed_ms": rep.speed_ms, "uncertainty_spearman": rep.uncertainty_spearman,
+            "ddpm_limit_psnr": rep.ddpm_limit_psnr,
             "targets": targets(rep), "args": vars(a) | {"json": str(a.json)},
         }, indent=1))
 

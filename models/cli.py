@@ -29,6 +29,8 @@ def train_model(
     finetune: Optional[str] = typer.Option(None, help="start from a shipped model name or checkpoint"),
     resume: bool = typer.Option(False, help="continue from OUT/last.pt"),
     device: str = typer.Option("auto"),
+    amp: str = typer.Option("auto", help="bf16 autocast: auto (on CUDA only), bf16 or off"),
+    max_minutes: Optional[float] = typer.Option(None, help="stop after the epoch past this many minutes; --resume continues"),
     threads: Optional[int] = typer.Option(None, help="CPU threads for torch"),
     seed: int = typer.Option(0),
 ) -> None:
@@ -43,7 +45,7 @@ def train_model(
         model=model, out_dir=out, low=low, high=high, simulate=simulate, offset=offset, gain=gain,  # type: ignore[arg-type]
         epochs=epochs, steps_per_epoch=steps_per_epoch, batch=batch, crop=crop, lr=lr,
         prediction=prediction, finetune=finetune, resume=resume, device=device, threads=threads,  # type: ignore[arg-type]
-        seed=seed,
+        seed=seed, amp=amp, max_minutes=max_minutes,  # type: ignore[arg-type]
     )
     best = main_train(cfg)
     typer.echo(f"best checkpoint: {best}  (use it with restore.denoiser_options.weights or lowdose.models.load)")
@@ -51,14 +53,18 @@ def train_model(
 
 @train_app.command("recipe")
 def train_recipe_cmd(
-    name: str = typer.Argument(..., help="unet, n2v or ddpm: the recipe of the shipped model"),
+    name: str = typer.Argument(..., help="unet, n2v, ddpm (the shipped models' recipes) or ddpm-paper (GPU)"),
     out: Path = typer.Option(..., "--out", "-o"),
     scale: float = typer.Option(1.0, help="multiply the step budget (e.g. 10 on a GPU)"),
     device: str = typer.Option("auto"),
+    amp: str = typer.Option("auto", help="bf16 autocast: auto (on CUDA only), bf16 or off"),
+    max_minutes: Optional[float] = typer.Option(None, help="stop after the epoch past this many minutes; --resume continues"),
+    resume: bool = typer.Option(False, help="continue from OUT/last.pt"),
     threads: Optional[int] = typer.Option(2),
 ) -> None:
     """Reproduce a shipped model from the simulator."""
     from .train import train_recipe
 
-    best = train_recipe(name, out, scale=scale, device=device, threads=threads)
+    best = train_recipe(name, out, scale=scale, device=device, threads=threads, amp=amp,
+                        max_minutes=max_minutes, resume=resume)
     typer.echo(f"best checkpoint: {best}")

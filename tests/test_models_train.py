@@ -56,6 +56,24 @@ def test_resume_continues_epochs(tmp_path: Path) -> None:
     assert ck.training["step"] == 30 and len(ck.metrics["history"]) == 2
 
 
+def test_time_budget_stops_after_an_epoch_and_resume_finishes(tmp_path: Path) -> None:
+    hist: list[int] = []
+    main_train(_cfg(tmp_path, epochs=3, max_minutes=0.0), on_epoch=lambda e, s: hist.append(e))
+    assert hist == [1]
+    main_train(_cfg(tmp_path, epochs=3, resume=True), on_epoch=lambda e, s: hist.append(e))
+    assert hist == [1, 2, 3] and load_checkpoint(tmp_path / "unet" / "last.pt").training["step"] == 45
+
+
+def test_bf16_autocast_path_trains_on_cpu(tmp_path: Path) -> None:
+    # The CUDA default (amp="auto" on a GPU) runs this same code path with device_type="cuda".
+    hist: list[dict] = []
+    main_train(_cfg(tmp_path, model="ddpm", amp="bf16", prediction="v", epochs=2,
+                    arch={"base": 8, "mults": [1, 2], "blocks": 1}), on_epoch=lambda e, s: hist.append(s))
+    assert hist[-1]["train_loss"] < hist[0]["train_loss"]
+    with pytest.raises(ValueError, match="amp must be"):
+        main_train(_cfg(tmp_path, amp="fp8", out_dir=tmp_path / "bad"))
+
+
 def test_finetune_requires_matching_kind(tmp_path: Path) -> None:
     best = main_train(_cfg(tmp_path, epochs=1))
     with pytest.raises(CheckpointError, match="cannot fine-tune"):
