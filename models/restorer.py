@@ -89,7 +89,10 @@ class DiffusionDenoiser(_LearnedBase):
 
     bytes_per_px_per_channel = 160.0
     default_overlap = 32
-    max_tile = 256  # the network (GroupNorm, attention) was trained on small crops
+    # The network was trained on 64 px crops: its attention saw 16x16 tokens. A 256 px tile gives it
+    # 64x64, which dilutes what it attends to; 128 px tiles scored 0.1-0.5 dB better on held-out
+    # frames (K = 4, peak 5/20/100) and ran 3x faster per 512x512 frame on a CPU.
+    max_tile = 128
 
     def __init__(
         self, ckpt: Checkpoint, *, samples: int = 4, sampler: Literal["ddim", "ancestral"] = "ddim",
