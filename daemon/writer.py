@@ -38,7 +38,6 @@ first). The tests read everything back through zarr-python, ome-zarr-py and both
 from __future__ import annotations
 
 import errno
-import heapq
 import json
 import logging
 import os
@@ -72,6 +71,118 @@ _TABLE_CHUNK = 65536
 _MAX_LISTED = 1000  # missing seqs/indices listed in the summary (all are counted)
 
 Key = tuple[int, int, int, int]  # (p, t, c, z)
+
+# Per-frame bookkeeping lives in numpy, not in Python objects: a run of 10 hours at 100 frames/s has 3.6 M
+# frames, and a set entry or dict item per frame (~0.7 KB with its tuples) would grow the daemon by GBs.
+_BLOCK_T = 256  # time points per block of cells: a far-out t costs one block, not a grid reaching it
+_CELL = np.dtype([("seq", "<i8"), ("status", "u1"), ("model", "<i2"), ("unc", "?")])  # packed: 12 bytes
+_EMPTY_CELL = np.array((-1, 0, -1, False), dtype=_CELL)  # no raw frame, not restored, no uncertainty
+_MAX_SEQ_OR_T = 1 << 62  # both land in int64 arithmetic
+
+
+class _SeqSet:
+    """The stored seqs: a byte per seq over 0..len(dense)-1, a plain set for implausibly far seqs.
+
+    Seqs count frames from 0, so they are nearly contiguous. The protocol does not cap them, so the
+    dense part only grows while it stays within 8 bytes per stored seq (or 64 KiB): one hostile seq
+    of 10^15 is one set entry, not a petabyte. Invariant: every ``far`` seq is >= ``len(dense)``.
+    """
+
+    _MIN = 1 << 16
+
+    def __init__(self) -> None:
+        self._dense = np.zeros(self._MIN, dtype=bool)
+        self._far: set[int] = set()
+        self._n = 0
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __contains__(self, seq: int) -> bool:
+        if 0 <= seq < len(self._dense):
+            return bool(self._dense[seq])
+        return seq in self._far
+
+    def add(self, seq: int) -> None:
+        if seq in self:
+            return
+        self._n += 1
+        size = len(self._dense)
+        if seq >= size:
+            cap = max(self._MIN, 8 * self._n)
+            if seq >= cap:
+                self._far.add(seq)
+                return
+            grown = np.zeros(min(max(2 * size, seq + 1), cap), dtype=bool)
+            grown[:size] = self._dense
+            self._dense = grown
+            for s in [s for s in self._far if s < len(grown)]:
+                self._far.discard(s)
+                grown[s] = True
+        self._dense[seq] = True
+
+    def sorted(self) -> np.ndarray:
+        """All seqs, ascending, as int64."""
+        dense = np.flatnonzero(self._dense).astype(np.int64)
+        if not self._far:
+            return dense
+        return np.concatenate([dense, np.array(sorted(self._far), dtype=np.int64)])
+
+
+class _Cells:
+    """Per-frame state of one position's (t, c, z) indices: blocks of ``_BLOCK_T`` time points x C x Z cells.
+
+    A cell holds the seq of the raw frame stored there (-1: none), its restoration status code and model id
+    (0 and -1: not restored), and whether its uncertainty map is stored. Blocks take the position's current
+    C x Z; a block laid out before C or Z grew is re-laid out when next used, so growth costs nothing up front.
+    Callers hold the store's state lock.
+    """
+
+    def __init__(self, sizes: list[int]):
+        self.sizes = sizes  # the store's [C, Z] of this position: the same list, grown in place
+        self.blocks: dict[int, np.ndarray] = {}
+
+    def block(self, bn: int, create: bool = False) -> np.ndarray | None:
+        blk = self.blocks.get(bn)
+        c, z = self.sizes
+        if blk is None:
+            if not create:
+                return None
+            blk = self.blocks[bn] = np.full((_BLOCK_T, c, z), _EMPTY_CELL)
+        elif blk.shape[1:] != (c, z):
+            grown = np.full((_BLOCK_T, c, z), _EMPTY_CELL)
+            grown[:, : blk.shape[1], : blk.shape[2]] = blk
+            blk = self.blocks[bn] = grown
+        return blk
+
+    def cell(self, t: int, c: int, z: int, create: bool = False) -> np.void | None:
+        """The cell at (t, c, z), a view that writes through; None if nothing can be stored there yet."""
+        if c >= self.sizes[0] or z >= self.sizes[1]:
+            return None
+        blk = self.block(t // _BLOCK_T, create)
+        return None if blk is None else blk[t % _BLOCK_T, c, z]
+
+    def sorted_blocks(self) -> list[tuple[int, np.ndarray]]:
+        """Every block by t, laid out for the current C x Z."""
+        out = []
+        for bn in sorted(self.blocks):
+            blk = self.block(bn)
+            assert blk is not None
+            out.append((bn, blk))
+        return out
+
+
+def _present(blk: np.ndarray, kind: str) -> np.ndarray:
+    """Which cells of a block have an image of ``kind`` stored."""
+    if kind == _KIND_RAW:
+        return blk["seq"] >= 0
+    if kind == _KIND_RESTORED:
+        return blk["status"] > 0
+    return blk["unc"]
+
+
+def _pending_mask(blk: np.ndarray) -> np.ndarray:
+    return (blk["seq"] >= 0) & (blk["status"] == 0)
 
 
 class StoreError(RuntimeError):
@@ -176,8 +287,8 @@ class _Image:
     codec: _ChunkCodec
     meta: dict[str, Any]  # the array's zarr.json
     group_meta: dict[str, Any]  # the group's zarr.json
-    counts: dict[int, int] = field(default_factory=dict)  # t -> frames present at that t
-    present: set[tuple[int, int, int]] = field(default_factory=set)  # (t, c, z)
+    frames: int = 0  # indices with a frame of this image stored (the cells say which)
+    t_end: int = 0  # highest t with a frame stored, plus one
     prefix: int = 0  # complete time points 0..prefix-1
     prefix_cz: tuple[int, int] = (0, 0)  # the C, Z the prefix was counted for
     windows: dict[int, tuple[float, float]] = field(default_factory=dict)
@@ -225,10 +336,14 @@ class RunStore:
         self._restored_lock = threading.Lock()
         self._images: dict[tuple[int, str], _Image] = {}
         self._sizes: dict[int, list[int]] = {}  # p -> [C, Z]
-        self._seqs: set[int] = set()
-        self._by_key: dict[Key, int] = {}  # index -> seq of the frame stored there
-        self._pending: dict[Key, int] = {}  # raw written, not restored -> seq
-        self._restored: dict[Key, tuple[int, int]] = {}  # index -> (status code, model id)
+        self._seqs = _SeqSet()
+        self._cells: dict[int, _Cells] = {}  # p -> what is stored at each of its indices
+        self._status_n = [0] * len(STATUS_CODES)  # restored frames per status code (code 0 unused)
+        self._n_pending = 0  # raw frames stored and not restored
+        # blocks (p, block) holding pending frames -> how many, and their lowest pending seq (cached until
+        # the block changes): unrestored() visits only these, never the long restored past of a run
+        self._pending_blocks: dict[tuple[int, int], int] = {}
+        self._pending_min: dict[tuple[int, int], int] = {}
         self._models: list[dict[str, Any]] = []
         self._finalized = False
         self._closed = False
@@ -392,26 +507,18 @@ class RunStore:
             if not os.path.exists(img.chunk_path(key[1], key[2], key[3])):
                 log.warning("frame seq %d has a record but no chunk; it will be resent", rec["seq"])
                 continue
-            self._seqs.add(rec["seq"])
             self._grow_sizes(key)
-            self._by_key[key] = rec["seq"]
-            self._pending.setdefault(key, rec["seq"])
-            self._mark(img, key)
+            self._note_raw(key, rec["seq"])
         for rec in restored:
             if rec.get("kind") == "model":
                 self._models.append(rec["info"])
                 continue
             key = (rec["p"], rec["t"], rec["c"], rec["z"])
-            if key not in self._by_key:
+            if self._raw_seq(key) < 0:
                 continue
-            self._restored[key] = (STATUS_CODES[rec["mode"]], rec["model"])
-            self._pending.pop(key, None)
-            self._mark(self._images[(key[0], _KIND_RESTORED)], key)
             if rec.get("uncertainty"):
                 self._ensure_uncertainty(key[0])
-                self._mark(self._images[(key[0], _KIND_UNCERTAINTY)], key)
-        # pending in acquisition order
-        self._pending = dict(sorted(self._pending.items(), key=lambda kv: kv[1]))
+            self._note_restored(key, STATUS_CODES[rec["mode"]], rec["model"], bool(rec.get("uncertainty")))
         if self._models:
             self._update_provenance()
 
@@ -419,7 +526,7 @@ class RunStore:
     def _ensure_position(self, p: int) -> None:
         if (p, _KIND_RAW) in self._images:
             return
-        self._sizes.setdefault(p, list(self._default_cz))
+        self._cells[p] = _Cells(self._sizes.setdefault(p, list(self._default_cz)))
         raw, restored, unc = ngff.image_names(p)
         self._images[(p, _KIND_RAW)] = self._ensure_image(raw, _KIND_RAW, p, self._codec)
         self._images[(p, _KIND_RESTORED)] = self._ensure_image(restored, _KIND_RESTORED, p, self._restored_codec)
@@ -473,25 +580,98 @@ class RunStore:
             grown = True
         return grown
 
+    # ------------------------------------------------------------------ per-frame state (all under _state)
+    def _raw_seq(self, key: Key) -> int:
+        """The seq of the raw frame stored at ``key``; -1 if none."""
+        cells = self._cells.get(key[0])
+        cell = None if cells is None else cells.cell(key[1], key[2], key[3])
+        return -1 if cell is None else int(cell["seq"])
+
+    def _note_raw(self, key: Key, seq: int) -> int:
+        """Raw frame ``seq`` is stored at ``key`` (its C, Z already grown); returns the seq it replaced, -1 if none."""
+        p, t, c, z = key
+        self._seqs.add(seq)
+        cell = self._cells[p].cell(t, c, z, create=True)
+        assert cell is not None  # _grow_sizes made room
+        prev = int(cell["seq"])
+        cell["seq"] = seq
+        if cell["status"] == 0:  # pending: new, or (replaced) under another seq
+            block = (p, t // _BLOCK_T)
+            self._pending_min.pop(block, None)
+            if prev < 0:
+                self._n_pending += 1
+                self._pending_blocks[block] = self._pending_blocks.get(block, 0) + 1
+        if prev < 0:
+            self._mark(self._images[(p, _KIND_RAW)], t)
+        return prev
+
+    def _note_restored(self, key: Key, code: int, model: int, uncertainty: bool) -> None:
+        """The restoration of the raw frame stored at ``key`` is stored (and its uncertainty map, if said)."""
+        p, t, c, z = key
+        cell = self._cells[p].cell(t, c, z)
+        assert cell is not None  # callers checked the raw frame is there
+        prev = int(cell["status"])
+        if prev == 0:
+            block = (p, t // _BLOCK_T)
+            self._pending_min.pop(block, None)
+            self._n_pending -= 1
+            left = self._pending_blocks[block] - 1
+            if left:
+                self._pending_blocks[block] = left
+            else:
+                del self._pending_blocks[block]
+            self._mark(self._images[(p, _KIND_RESTORED)], t)
+        else:
+            self._status_n[prev] -= 1
+        self._status_n[code] += 1
+        cell["status"] = code
+        cell["model"] = model
+        if uncertainty and not cell["unc"]:
+            cell["unc"] = True
+            self._mark(self._images[(p, _KIND_UNCERTAINTY)], t)
+
+    def _lowest_pending(self, block: tuple[int, int]) -> int:
+        low = self._pending_min.get(block)
+        if low is None:
+            blk = self._cells[block[0]].block(block[1])
+            assert blk is not None
+            low = self._pending_min[block] = int(blk["seq"][_pending_mask(blk)].min())
+        return low
+
+    def _status_counts(self) -> dict[str, int]:
+        counts = {name: self._status_n[code] for name, code in STATUS_CODES.items()}
+        counts["pending"] = self._n_pending
+        return counts
+
     @staticmethod
-    def _mark(img: _Image, key: Key) -> None:
-        tcz = (key[1], key[2], key[3])
-        if tcz not in img.present:
-            img.present.add(tcz)
-            img.counts[key[1]] = img.counts.get(key[1], 0) + 1
+    def _mark(img: _Image, t: int) -> None:
+        """A frame of ``img`` is now stored at a t-index that had none."""
+        img.frames += 1
+        img.t_end = max(img.t_end, t + 1)
+
+    def _complete_prefix(self, img: _Image) -> int:
+        """The first time point at or after ``img.prefix`` that lacks some (c, z) of ``img``."""
+        cells = self._cells[img.p]
+        t = img.prefix
+        while True:
+            bn, off = divmod(t, _BLOCK_T)
+            blk = cells.block(bn)
+            if blk is None:
+                return t
+            full = _present(blk[off:], img.kind).all(axis=(1, 2))
+            if not full.all():
+                return t + int(np.argmin(full))
+            t = (bn + 1) * _BLOCK_T
 
     def _target_shape(self, img: _Image) -> list[int]:
         """Published shape: complete prefix of time points (or everything written, once finalized). Under _state."""
         c, z = self._sizes[img.p]
         if img.prefix_cz != (c, z):
             img.prefix, img.prefix_cz = 0, (c, z)
-        need = c * z
-        while img.counts.get(img.prefix, 0) >= need:
-            img.prefix += 1
+        img.prefix = self._complete_prefix(img)
         t = img.prefix
         if self._finalized:
-            raw = self._images[(img.p, _KIND_RAW)]
-            t = max(t, max(raw.counts, default=-1) + 1, max(img.counts, default=-1) + 1)
+            t = max(t, self._images[(img.p, _KIND_RAW)].t_end, img.t_end)
         return [t, c, z, *self.frame_shape]
 
     def _publish(self, img: _Image, force: bool = False) -> None:
@@ -543,6 +723,11 @@ class RunStore:
     def _check_frame(self, frame: Frame, pixels: np.ndarray) -> None:
         if frame.run != self.start.run:
             raise StoreError(f"frame seq {frame.seq} belongs to run {frame.run!r}, not {self.start.run!r}")
+        if max(frame.seq, frame.index.t) >= _MAX_SEQ_OR_T:  # the protocol has no cap; the tables hold int64
+            raise StoreError(
+                f"frame seq {frame.seq} at t={frame.index.t}: seq and t must be below 2**62 (the hook numbers frames "
+                "and time points from 0)"
+            )
         if tuple(pixels.shape) != self.frame_shape or np.dtype(pixels.dtype) != self.dtype:
             raise StoreError(
                 f"frame seq {frame.seq} is {tuple(pixels.shape)} {pixels.dtype} but run {self.start.run!r} stores "
@@ -598,16 +783,12 @@ class RunStore:
             for frame, pixels in todo:
                 i = frame.index
                 key: Key = (i.p, i.t, i.c, i.z)
-                self._seqs.add(frame.seq)
-                if key in self._by_key and self._by_key[key] != frame.seq:
-                    log.warning("seq %d overwrote index %s (was seq %d)", frame.seq, key, self._by_key[key])
-                self._by_key[key] = frame.seq
-                if key not in self._restored:
-                    self._pending[key] = frame.seq
                 if self._grow_sizes(key):
                     grown.add(i.p)
+                prev = self._note_raw(key, frame.seq)
+                if prev >= 0 and prev != frame.seq:
+                    log.warning("seq %d overwrote index %s (was seq %d)", frame.seq, key, prev)
                 img = self._images[(i.p, _KIND_RAW)]
-                self._mark(img, key)
                 touched.add(i.p)
                 if i.c not in img.windows and (i.p, i.c) in windows:
                     img.windows[i.c] = windows[(i.p, i.c)]
@@ -673,7 +854,7 @@ class RunStore:
     def raw_seqs(self) -> set[int]:
         """Seqs durably stored (a copy)."""
         with self._state:
-            return set(self._seqs)
+            return set(self._seqs.sorted().tolist())
 
     def has_seq(self, seq: int) -> bool:
         """Whether ``seq`` is durably stored (O(1); prefer it to ``raw_seqs()`` on the hot path)."""
@@ -689,7 +870,7 @@ class RunStore:
         """The raw frame at ``index`` (written, even if not yet published); :class:`FrameNotStored` if absent."""
         key: Key = (index.p, index.t, index.c, index.z)
         with self._state:
-            if key not in self._by_key:
+            if self._raw_seq(key) < 0:
                 raise FrameNotStored(f"no raw frame at t={index.t} p={index.p} c={index.c} z={index.z} in {self.path}")
             img = self._images[(index.p, _KIND_RAW)]
         path = img.chunk_path(index.t, index.c, index.z)
@@ -721,7 +902,7 @@ class RunStore:
             with self._state:
                 for index, frame, unc in items:
                     key = (index.p, index.t, index.c, index.z)
-                    if key not in self._by_key:
+                    if self._raw_seq(key) < 0:
                         raise StoreError(
                             f"cannot store a restored frame at {index.model_dump()}: its raw frame is not in the store "
                             "(restore only frames that write_raw has stored)"
@@ -793,14 +974,10 @@ class RunStore:
         with self._state:
             for index, frame, unc in items:
                 key = (index.p, index.t, index.c, index.z)
-                self._restored[key] = (STATUS_CODES[mode], model)
-                self._pending.pop(key, None)
-                rest = self._images[(index.p, _KIND_RESTORED)]
-                self._mark(rest, key)
+                self._note_restored(key, STATUS_CODES[mode], model, unc is not None)
                 touched.add((index.p, _KIND_RESTORED))
                 if unc is not None:
                     uimg = self._images[(index.p, _KIND_UNCERTAINTY)]
-                    self._mark(uimg, key)
                     touched.add((index.p, _KIND_UNCERTAINTY))
                     if index.c not in uimg.windows:
                         uimg.windows[index.c] = ngff.contrast_window(unc)
@@ -809,44 +986,54 @@ class RunStore:
 
     def unrestored(self, limit: int | None = None) -> list[FrameIndex]:
         """Raw frames written but not restored, in acquisition (seq) order; the first ``limit`` only."""
+        if limit is not None and limit <= 0:
+            return []
+        rows: list[np.ndarray] = []
         with self._state:
-            if limit is None:
-                items = sorted(self._pending.items(), key=lambda kv: kv[1])
-            else:  # the restore loop asks for a batch every idle turn: no full sort of a long backlog
-                items = heapq.nsmallest(limit, self._pending.items(), key=lambda kv: kv[1])
-        return [FrameIndex(p=k[0], t=k[1], c=k[2], z=k[3]) for k, _ in items]
+            # the restore loop asks for a batch every idle turn: visit blocks by their lowest pending seq and
+            # stop once no further block can hold one of the first `limit`
+            kth: int | None = None
+            for low, (p, bn) in sorted((self._lowest_pending(b), b) for b in self._pending_blocks):
+                if kth is not None and low > kth:
+                    break
+                blk = self._cells[p].block(bn)
+                assert blk is not None
+                rows.append(_rows_where(blk, _pending_mask(blk), p, bn))
+                if limit is not None and sum(len(r) for r in rows) >= limit:
+                    kth = int(np.partition(np.concatenate(rows)[:, 0], limit - 1)[limit - 1])
+        return _indices_by_seq(rows, limit)
 
     def seq_of(self, index: FrameIndex) -> int:
         """The sequence number of the raw frame stored at ``index`` (FrameNotStored if none)."""
         with self._state:
-            seq = self._by_key.get((index.p, index.t, index.c, index.z))
-        if seq is None:
+            seq = self._raw_seq((index.p, index.t, index.c, index.z))
+        if seq < 0:
             raise FrameNotStored(f"no raw frame at {index.model_dump()}")
         return seq
 
     def unrestored_count(self) -> int:
         """How many raw frames lack a restoration, in O(1)."""
         with self._state:
-            return len(self._pending)
+            return self._n_pending
 
     def raw_indices(self) -> list[FrameIndex]:
         """Every raw frame written, in acquisition (seq) order."""
         with self._state:
-            items = sorted(self._by_key.items(), key=lambda kv: kv[1])
-        return [FrameIndex(p=k[0], t=k[1], c=k[2], z=k[3]) for k, _ in items]
+            rows = [
+                _rows_where(blk, blk["seq"] >= 0, p, bn)
+                for p, cells in self._cells.items()
+                for bn, blk in cells.sorted_blocks()
+            ]
+        return _indices_by_seq(rows, None)
 
     def restored_count(self) -> int:
         """Frames with a stored restoration."""
         with self._state:
-            return len(self._restored)
+            return sum(self._status_n)
 
     def _update_provenance(self) -> None:
         with self._state:
-            counts = {name: 0 for name in STATUS_CODES}
-            inv = {v: k for k, v in STATUS_CODES.items()}
-            for code, _ in self._restored.values():
-                counts[inv[code]] += 1
-            counts["pending"] = len(self._pending)
+            counts = self._status_counts()
             models = list(self._models)
             rests = [img for (p, kind), img in self._images.items() if kind in (_KIND_RESTORED, _KIND_UNCERTAINTY)]
         prov = {
@@ -902,55 +1089,58 @@ class RunStore:
 
     def _final_windows(self) -> None:
         with self._state:
-            by_img: dict[tuple[int, str], dict[int, list[Key]]] = {}
-            for key in self._by_key:
-                by_img.setdefault((key[0], _KIND_RAW), {}).setdefault(key[2], []).append(key)
-            for key in self._restored:
-                by_img.setdefault((key[0], _KIND_RESTORED), {}).setdefault(key[2], []).append(key)
-        for (p, kind), chans in by_img.items():
+            picks = {
+                (p, kind): _channel_picks(cells, kind)
+                for p, cells in self._cells.items()
+                for kind in (_KIND_RAW, _KIND_RESTORED)
+            }
+        for (p, kind), chans in picks.items():
             img = self._images[(p, kind)]
-            for c, keys in chans.items():
-                keys.sort(key=lambda k: (k[1], k[3]))
-                pick = [keys[i] for i in sorted({0, len(keys) // 2, len(keys) - 1})]
-                frames = [img.codec.decode(Path(img.chunk_path(k[1], k[2], k[3])).read_bytes()) for k in pick]
+            for c, tz in chans.items():
+                frames = [img.codec.decode(Path(img.chunk_path(t, c, z)).read_bytes()) for t, z in tz]
                 win = ngff.contrast_window(np.stack(frames).reshape(-1, self.frame_shape[1]))
                 with self._state:
                     img.windows[c] = win
 
     def _write_tables(self) -> dict[str, Any]:
         """Per-frame columns (one row per raw frame, seq order) as chunked 1-D zarr arrays."""
-        recs: dict[int, dict[str, Any]] = {}
+        with self._state:
+            seqs = self._seqs.sorted()
+        n = len(seqs)
+        cols: dict[str, np.ndarray] = {name: np.zeros(n, np.int32) for name in ("t", "p", "c", "z")}
+        cols.update({name: np.full(n, np.nan) for name in ("timestamp", "elapsed_ms", "exposure_ms", "written")})
+        found = np.zeros(n, dtype=bool)
+        # streamed in slices: a long run's records, all parsed at once, would take GBs
         with open(self.path / "lowdose" / "frames.jsonl", "rb") as f:
+            recs: list[dict[str, Any]] = []
             for line in f:
                 try:
-                    rec = json.loads(line)
+                    recs.append(json.loads(line))
                 except ValueError:
                     continue
-                if rec["seq"] in self._seqs:
-                    recs[rec["seq"]] = rec
-        seqs = sorted(recs)
-        n = len(seqs)
-
-        def col(name: str, dtype: str, default: float = np.nan) -> np.ndarray:
-            return np.array([recs[s][name] if recs[s].get(name) is not None else default for s in seqs], dtype=dtype)
-
+                if len(recs) == _TABLE_CHUNK:
+                    _fill_rows(recs, seqs, cols, found)
+                    recs = []
+            _fill_rows(recs, seqs, cols, found)
+        if not found.all():  # a seq whose record became unreadable: no row, as it has no columns
+            seqs = seqs[found]
+            cols = {name: col[found] for name, col in cols.items()}
+            n = len(seqs)
+        status = np.zeros(n, np.uint8)
+        model = np.full(n, -1, np.int16)
         with self._state:
-            status = np.array(
-                [self._restored.get((recs[s]["p"], recs[s]["t"], recs[s]["c"], recs[s]["z"]), (0, -1)) for s in seqs],
-                dtype=np.int64,
-            ).reshape(n, 2)
+            for rows, p, bn in _group_by_block(cols["p"], cols["t"]):
+                cells = self._cells.get(p)
+                blk = None if cells is None else cells.block(bn)
+                if blk is not None:
+                    cell = blk[cols["t"][rows] % _BLOCK_T, cols["c"][rows], cols["z"][rows]]
+                    status[rows] = cell["status"]
+                    model[rows] = cell["model"]
         columns = {
-            "seq": np.array(seqs, dtype=np.int64),
-            "t": col("t", "int32"),
-            "p": col("p", "int32"),
-            "c": col("c", "int32"),
-            "z": col("z", "int32"),
-            "timestamp": col("timestamp", "float64"),
-            "elapsed_ms": col("elapsed_ms", "float64"),
-            "exposure_ms": col("exposure_ms", "float64"),
-            "written": col("written", "float64"),
-            "restored_status": status[:, 0].astype(np.uint8),
-            "restored_model": status[:, 1].astype(np.int16),
+            "seq": seqs,
+            **cols,
+            "restored_status": status,
+            "restored_model": model,
         }
         store = LocalStore(self.path)
         for name, values in columns.items():
@@ -971,39 +1161,30 @@ class RunStore:
 
     def _summary(self, end: End | None, tables: dict[str, Any]) -> dict[str, Any]:
         with self._state:
-            seqs = set(self._seqs)
-            expected = end.frames if end is not None else (max(seqs) + 1 if seqs else 0)
-            missing_seqs = [s for s in range(expected) if s not in seqs]
+            seqs = self._seqs.sorted()
+            expected = end.frames if end is not None else (int(seqs[-1]) + 1 if len(seqs) else 0)
+            inside = seqs[seqs < expected]
             images = {}
             missing_idx: list[list[int]] = []
             n_missing_idx = 0
             for (p, kind), img in sorted(self._images.items()):
-                images[img.name] = {"shape": list(img.meta["shape"]), "dtype": img.codec.dtype.name, "frames": len(img.present)}
+                images[img.name] = {"shape": list(img.meta["shape"]), "dtype": img.codec.dtype.name, "frames": img.frames}
                 if kind == _KIND_RAW:
                     t_n, c_n, z_n = img.meta["shape"][:3]
-                    n_missing_idx += t_n * c_n * z_n - len(img.present)
+                    n_missing_idx += t_n * c_n * z_n - img.frames
                     if len(missing_idx) < _MAX_LISTED and n_missing_idx:
-                        for t in range(t_n):
-                            if img.counts.get(t, 0) < c_n * z_n:
-                                for c in range(c_n):
-                                    for z in range(z_n):
-                                        if (t, c, z) not in img.present and len(missing_idx) < _MAX_LISTED:
-                                            missing_idx.append([t, p, c, z])
-            counts = {name: 0 for name in STATUS_CODES}
-            inv = {v: k for k, v in STATUS_CODES.items()}
-            for code, _ in self._restored.values():
-                counts[inv[code]] += 1
-            counts["pending"] = len(self._pending)
+                        listed = _missing_indices(self._cells[p], (t_n, c_n, z_n), _MAX_LISTED - len(missing_idx))
+                        missing_idx.extend([t, p, c, z] for t, c, z in listed)
             return _json_safe(
                 {
                     "run": self.start.run,
                     "path": str(self.path),
                     "frames_expected": expected,
                     "frames_written": len(seqs),
-                    "frames_restored": len(self._restored),
-                    "restoration": counts,
-                    "missing_seqs": _ranges(missing_seqs),
-                    "missing_seq_count": len(missing_seqs),
+                    "frames_restored": sum(self._status_n),
+                    "restoration": self._status_counts(),
+                    "missing_seqs": _gaps(inside, expected),
+                    "missing_seq_count": expected - len(inside),
                     "missing_indices": missing_idx,  # [t, p, c, z], first 1000
                     "missing_index_count": n_missing_idx,
                     "end_reason": end.reason if end else None,
@@ -1035,14 +1216,90 @@ class RunStore:
             raise StoreError(f"the run store {self.path} is closed; RunStore.open() it again")
 
 
-def _ranges(values: list[int]) -> list[list[int]]:
-    out: list[list[int]] = []
-    for v in values:
-        if out and v == out[-1][1] + 1:
-            out[-1][1] = v
-        else:
-            out.append([v, v])
+def _gaps(seqs: np.ndarray, end: int) -> list[list[int]]:
+    """Inclusive [first, last] ranges of 0..end-1 missing from ``seqs`` (ascending, unique, all < end)."""
+    before = np.concatenate([[-1], seqs])
+    after = np.concatenate([seqs, [end]])
+    gap = np.flatnonzero(after - before > 1)
+    return np.stack([before[gap] + 1, after[gap] - 1], axis=1).tolist()
+
+
+def _rows_where(blk: np.ndarray, mask: np.ndarray, p: int, bn: int) -> np.ndarray:
+    """(seq, p, t, c, z) rows, int64, of a block's cells in ``mask``."""
+    tt, cc, zz = np.nonzero(mask)
+    return np.stack([blk["seq"][tt, cc, zz], np.full_like(tt, p), tt + bn * _BLOCK_T, cc, zz], axis=1).astype(np.int64)
+
+
+def _indices_by_seq(rows: list[np.ndarray], limit: int | None) -> list[FrameIndex]:
+    if not rows:
+        return []
+    table = np.concatenate(rows)
+    table = table[np.argsort(table[:, 0], kind="stable")[:limit]]
+    return [FrameIndex(p=p, t=t, c=c, z=z) for _, p, t, c, z in table.tolist()]
+
+
+def _channel_picks(cells: _Cells, kind: str) -> dict[int, list[tuple[int, int]]]:
+    """Per channel, the (t, z) of its first, middle and last frame of ``kind`` in (t, z) order."""
+    blocks = cells.sorted_blocks()
+    if not blocks:
+        return {}
+    masks = [_present(blk, kind) for _, blk in blocks]
+    per = np.stack([m.sum(axis=(0, 2)) for m in masks])  # frames per block and channel
+    ends = np.cumsum(per, axis=0)
+    out: dict[int, list[tuple[int, int]]] = {}
+    for c in np.flatnonzero(ends[-1]).tolist():
+        n = int(ends[-1, c])
+        for k in sorted({0, n // 2, n - 1}):
+            b = int(np.searchsorted(ends[:, c], k, side="right"))
+            tt, zz = np.nonzero(masks[b][:, c, :])
+            j = k - int(ends[b, c] - per[b, c])
+            out.setdefault(c, []).append((blocks[b][0] * _BLOCK_T + int(tt[j]), int(zz[j])))
     return out
+
+
+def _missing_indices(cells: _Cells, shape: tuple[int, int, int], limit: int) -> list[tuple[int, int, int]]:
+    """The first ``limit`` (t, c, z) within ``shape`` that have no raw frame, in (t, c, z) order."""
+    t_n, c_n, z_n = shape
+    out: list[tuple[int, int, int]] = []
+    bn = 0
+    # every absent block holds a missing index, so this ends after at most `limit` of them
+    while len(out) < limit and bn * _BLOCK_T < t_n:
+        rows = min(_BLOCK_T, t_n - bn * _BLOCK_T)
+        blk = cells.block(bn)
+        need = limit - len(out)
+        if blk is None:
+            tcz = np.stack(np.unravel_index(np.arange(min(need, rows * c_n * z_n)), (rows, c_n, z_n)), axis=1)
+        else:
+            tcz = np.argwhere(blk["seq"][:rows, :c_n, :z_n] < 0)[:need]
+        out.extend((bn * _BLOCK_T + t, c, z) for t, c, z in tcz.tolist())
+        bn += 1
+    return out
+
+
+def _fill_rows(recs: list[dict[str, Any]], seqs: np.ndarray, cols: dict[str, np.ndarray], found: np.ndarray) -> None:
+    """Scatter frame records into their seq's row; a seq's later record wins (a resent frame's, say)."""
+    if not recs or not len(seqs):
+        return
+    rec_seqs = np.array([r["seq"] for r in recs], dtype=np.int64)
+    rows = np.minimum(np.searchsorted(seqs, rec_seqs), len(seqs) - 1)
+    keep = np.flatnonzero(seqs[rows] == rec_seqs)[::-1]  # stored seqs only, latest first
+    keep = keep[np.unique(rows[keep], return_index=True)[1]]
+    rows = rows[keep]
+    found[rows] = True
+    for name, col in cols.items():
+        col[rows] = np.array([recs[i].get(name) for i in keep.tolist()], dtype=float if col.dtype.kind == "f" else col.dtype)
+
+
+def _group_by_block(ps: np.ndarray, ts: np.ndarray) -> list[tuple[np.ndarray, int, int]]:
+    """Rows grouped by (p, t's block): (rows, p, block) for each group."""
+    if not len(ps):
+        return []
+    bns = ts.astype(np.int64) // _BLOCK_T
+    order = np.lexsort((bns, ps))
+    p_s, bn_s = ps[order], bns[order]
+    starts = np.flatnonzero(np.concatenate([[True], (p_s[1:] != p_s[:-1]) | (bn_s[1:] != bn_s[:-1])]))
+    stops = np.append(starts[1:], len(order))
+    return [(order[a:b], int(p_s[a]), int(bn_s[a])) for a, b in zip(starts.tolist(), stops.tolist())]
 
 
 def _json_safe(obj: Any) -> Any:

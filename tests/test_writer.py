@@ -381,3 +381,160 @@ def test_seq_of_names_the_frame_at_an_index_and_backlog_queries_are_bounded(tmp_
     assert store.unrestored_count() == 3
     assert store.unrestored(limit=2) == [FrameIndex(t=0), FrameIndex(t=2)]  # seq order, first two only
     store.close()
+
+
+# ---------------------------------------------------------------- compact per-frame bookkeeping
+
+
+def status_table(store: RunStore) -> dict[int, tuple[int, int]]:
+    """seq -> (restored_status, restored_model) from the tables finalize wrote."""
+    tables = store.path / "lowdose" / "tables"
+    seqs = zarr.open_array(tables / "seq")[:].tolist()
+    status = zarr.open_array(tables / "restored_status")[:].tolist()
+    model = zarr.open_array(tables / "restored_model")[:].tolist()
+    return {s: (st, m) for s, st, m in zip(seqs, status, model)}
+
+
+def test_channel_and_z_growing_late_keep_every_earlier_frame(tmp_path: Path) -> None:
+    store = RunStore.open(tmp_path, make_start(), cfg(fsync=False), VERSION)  # no sizes announced: C = Z = 1
+    n = 600  # more time points than one block of bookkeeping holds
+    store.write_raw([frame(t, t=t) for t in range(n)])
+    unc = np.full((Y, X), 0.25, np.float32)
+    store.write_restored([(FrameIndex(t=t), pixels(t) + 1, unc if t % 3 == 0 else None) for t in range(0, n, 2)],
+                         INFO, "live")
+    assert published(store).shape[:3] == (n, 1, 1)
+    # channel 1 and z 1 appear only now: the published extent waits for them, earlier frames keep their state
+    store.write_raw([frame(n + t, t=t, c=1) for t in range(n)])
+    store.write_raw([frame(2 * n, t=0, z=1)])
+    assert published(store).shape[:3] == (0, 2, 2)
+    for t in range(n):
+        assert store.seq_of(FrameIndex(t=t)) == t
+        assert store.seq_of(FrameIndex(t=t, c=1)) == n + t
+    assert store.seq_of(FrameIndex(t=0, z=1)) == 2 * n
+    with pytest.raises(FrameNotStored):
+        store.seq_of(FrameIndex(t=1, z=1))
+    np.testing.assert_array_equal(store.read_raw(FrameIndex(t=599)), pixels(599))
+    np.testing.assert_array_equal(store.read_raw(FrameIndex(t=7, c=1)), pixels(n + 7))
+    assert store.restored_count() == n // 2
+    pending = [FrameIndex(t=t) for t in range(1, n, 2)] + [FrameIndex(t=t, c=1) for t in range(n)] + [FrameIndex(t=0, z=1)]
+    assert store.unrestored_count() == len(pending) and store.unrestored() == pending
+    # the rest of z=1 completes the grid: everything is published, and restored grows as its gaps are filled
+    store.write_raw([frame(2 * n + 1 + k, t=t, c=c, z=1) for k, (t, c) in enumerate(
+        [(t, c) for t in range(n) for c in range(2) if (t, c) != (0, 0)])])
+    assert published(store).shape[:3] == (n, 2, 2)
+    assert published(store, "restored").shape[0] == 0
+    store.write_restored([(i, pixels(0), None) for i in store.unrestored()], INFO, "backfill")
+    assert published(store, "restored").shape[:3] == (n, 2, 2)
+    assert published(store, "uncertainty").shape[0] == 0  # uncertainty only at t = 0, 6, 12, ... of (c=0, z=0)
+    summary = store.finalize(End(run="run1", frames=4 * n))
+    assert summary["restoration"] == {"pending": 0, "live": n // 2, "backfill": 4 * n - n // 2}
+    assert summary["missing_index_count"] == 0 and summary["missing_seq_count"] == 0
+    assert summary["images"]["uncertainty"] == {"shape": [n, 2, 2, Y, X], "dtype": "float32", "frames": n // 6}
+    table = status_table(store)
+    assert [table[t] for t in range(4)] == [(1, 0), (2, 0), (1, 0), (2, 0)]
+    assert table[n + 5] == (2, 0) and len(table) == 4 * n
+    store.close()
+
+
+def test_far_out_of_order_t_and_seq(tmp_path: Path) -> None:
+    import tracemalloc
+
+    store = RunStore.open(tmp_path, make_start(), cfg(fsync=False), VERSION)
+    far_t, far_seq = 100_000, 10**15
+
+    def numbered(seq: int, t: int) -> tuple[Frame, np.ndarray]:
+        meta, px = frame(4, t=t)
+        return meta.model_copy(update={"seq": seq}), px
+
+    tracemalloc.start()
+    store.write_raw([frame(0, t=0), frame(1, t=1), frame(2, t=far_t), numbered(far_seq, t=2), frame(3, t=3)])
+    held = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert held < 8 << 20  # neither the far t nor the far seq allocates bookkeeping up to it
+    assert published(store).shape[0] == 4  # the gap stays unpublished
+    assert store.seq_of(FrameIndex(t=far_t)) == 2 and store.seq_of(FrameIndex(t=2)) == far_seq
+    assert store.has_seq(far_seq) and not store.has_seq(far_seq - 1) and store.raw_count() == 5
+    assert store.raw_seqs() == {0, 1, 2, 3, far_seq}
+    assert store.unrestored() == [FrameIndex(t=t) for t in (0, 1, far_t, 3, 2)]  # seq order
+    assert store.raw_indices() == store.unrestored()
+    store.write_restored([(FrameIndex(t=far_t), pixels(2), None)], INFO, "live")
+    assert store.unrestored(limit=3) == [FrameIndex(t=t) for t in (0, 1, 3)]
+    with pytest.raises(StoreError, match="below 2\\*\\*62"):
+        store.write_raw([numbered(1 << 62, t=4)])
+    assert store.raw_count() == 5
+    summary = store.finalize(None)
+    assert summary["frames_expected"] == far_seq + 1
+    assert summary["missing_seqs"] == [[4, far_seq - 1]] and summary["missing_seq_count"] == far_seq - 4
+    assert summary["images"]["raw"]["shape"][0] == far_t + 1
+    assert summary["missing_index_count"] == far_t + 1 - 5
+    assert summary["missing_indices"] == [[t, 0, 0, 0] for t in range(4, 1004)]
+    assert published(store, "restored").shape[0] == far_t + 1
+    assert status_table(store) == {0: (0, -1), 1: (0, -1), 2: (1, 0), 3: (0, -1), far_seq: (0, -1)}
+    store.close()
+
+
+def test_unrestored_follows_seq_order_through_restores_in_random_order(tmp_path: Path) -> None:
+    rng = np.random.default_rng(7)
+    store = RunStore.open(tmp_path, make_start(sizes={"c": 2}), cfg(fsync=False), VERSION)
+    grid = [(t, c) for t in range(400) for c in range(2)]
+    seqs = rng.permutation(len(grid))  # seq order unrelated to index order, spread over many blocks
+    pending: dict[int, FrameIndex] = {}
+    at = 0
+    while at < len(grid):  # lower seqs keep arriving after higher ones: the backlog's order must follow
+        k = int(rng.integers(1, 60))
+        store.write_raw([frame(int(s), t=t, c=c) for s, (t, c) in zip(seqs[at:at + k], grid[at:at + k])])
+        pending.update({int(s): FrameIndex(t=t, c=c) for s, (t, c) in zip(seqs[at:at + k], grid[at:at + k])})
+        at += k
+        limit = int(rng.integers(1, 20))
+        assert store.unrestored(limit=limit) == [pending[s] for s in sorted(pending)][:limit]
+    restored = 0
+    while pending:
+        k = int(rng.integers(1, 40))
+        pick = rng.choice(sorted(pending), size=min(k, len(pending)), replace=False)
+        store.write_restored([(pending.pop(int(s)), pixels(0), None) for s in pick], INFO, "backfill")
+        restored += len(pick)
+        expect = [pending[s] for s in sorted(pending)]
+        limit = int(rng.integers(1, 20))
+        assert store.unrestored(limit=limit) == expect[:limit]
+        assert store.unrestored_count() == len(expect) and store.restored_count() == restored
+    assert store.unrestored() == [] and store.unrestored(limit=5) == []
+    store.close()
+
+
+def test_reopen_without_close_recovers_the_same_state(tmp_path: Path) -> None:
+    start = make_start(sizes={"c": 2, "z": 2})
+    first = RunStore.open(tmp_path, start, cfg(fsync=False), VERSION)
+    grid = [(t, c, z) for t in range(300) for c in range(2) for z in range(2)]
+    first.write_raw([frame(s, t=t, c=c, z=z) for s, (t, c, z) in enumerate(grid)])
+    first.write_raw([frame(len(grid), t=5, c=1, z=1)])  # a later seq replaces the frame at an index
+    other = DenoiserInfo(name="othernet", version="2")
+    unc = np.ones((Y, X), np.float32)
+    first.write_restored([(FrameIndex(t=t, c=1), pixels(0), unc) for t in range(0, 300, 7)], INFO, "live")
+    first.write_restored([(FrameIndex(t=t, z=1), pixels(0), None) for t in range(290, 3, -11)], other, "backfill")
+    first.write_restored([(FrameIndex(t=0, c=1), pixels(0), None)], other, "backfill")  # restored again
+
+    def state(store: RunStore) -> dict:
+        every = [FrameIndex(t=t, c=c, z=z) for t, c, z in grid]
+        return {
+            "seq_of": [store.seq_of(i) for i in every],
+            "unrestored": store.unrestored(),
+            "first": store.unrestored(limit=9),
+            "pending": store.unrestored_count(),
+            "restored": store.restored_count(),
+            "seqs": store.raw_seqs(),
+            "indices": store.raw_indices(),
+            "shapes": [published(store, name).shape for name in ("raw", "restored", "uncertainty")],
+        }
+
+    before = state(first)
+    assert before["seq_of"][grid.index((5, 1, 1))] == len(grid)
+    assert before["restored"] == 43 + 27
+    second = RunStore.reopen(first.path, cfg(fsync=False), VERSION)  # as after a SIGKILL: `first` never closed
+    assert state(second) == before
+    summary = second.finalize(End(run="run1", frames=len(grid) + 1))
+    assert summary["restoration"] == {"pending": len(grid) - 70, "live": 42, "backfill": 28}
+    table = status_table(second)
+    assert table[grid.index((0, 1, 0))] == (2, 1) and table[grid.index((7, 1, 0))] == (1, 0)
+    assert table[grid.index((290, 0, 1))] == (2, 1) and table[grid.index((1, 0, 0))] == (0, -1)
+    second.close()
+    first.close()
