@@ -73,13 +73,22 @@ FrameShape = Annotated[tuple[int, int], AfterValidator(_check_shape)]
 PixelDtype = Annotated[str, AfterValidator(_check_dtype)]
 
 
+MAX_T = 2**40
+MAX_POSITIONS = 100_000
+MAX_CHANNELS = 256
+MAX_Z = 10_000
+MAX_SEQ = 2**62
+
+
 class FrameIndex(_Message):
     """Position of a frame in the acquisition: time point, stage position, channel, z slice."""
 
-    t: int = Field(0, ge=0)
-    p: int = Field(0, ge=0)
-    c: int = Field(0, ge=0)
-    z: int = Field(0, ge=0)
+    # Upper bounds far past any microscope, so one hostile index cannot make the store size its
+    # per-frame tables (and the NGFF channel list) for billions of entries.
+    t: int = Field(0, ge=0, lt=MAX_T)
+    p: int = Field(0, ge=0, lt=MAX_POSITIONS)
+    c: int = Field(0, ge=0, lt=MAX_CHANNELS)
+    z: int = Field(0, ge=0, lt=MAX_Z)
 
 
 class Start(_Message):
@@ -117,7 +126,7 @@ class Frame(_Message):
 
     kind: Literal["frame"] = "frame"
     run: RunId
-    seq: int = Field(ge=0)  # per-run sequence number: resends reuse it, so writes are idempotent
+    seq: int = Field(ge=0, lt=MAX_SEQ)  # per-run sequence number: resends reuse it, so writes are idempotent
     index: FrameIndex = FrameIndex()
     shape: FrameShape
     dtype: PixelDtype

@@ -723,7 +723,7 @@ class RunStore:
     def _check_frame(self, frame: Frame, pixels: np.ndarray) -> None:
         if frame.run != self.start.run:
             raise StoreError(f"frame seq {frame.seq} belongs to run {frame.run!r}, not {self.start.run!r}")
-        if max(frame.seq, frame.index.t) >= _MAX_SEQ_OR_T:  # the protocol has no cap; the tables hold int64
+        if max(frame.seq, frame.index.t) >= _MAX_SEQ_OR_T:  # the protocol caps both; a Python caller need not
             raise StoreError(
                 f"frame seq {frame.seq} at t={frame.index.t}: seq and t must be below 2**62 (the hook numbers frames "
                 "and time points from 0)"

@@ -37,6 +37,8 @@ def test_frame_round_trip_is_bit_identical():
         ([p.TAG, msgpack.packb({"kind": "frame", "run": "r", "seq": 0, "shape": [4, 6], "dtype": "object"}), b"\0" * 48], "invalid"),
         ([p.TAG, msgpack.packb({"kind": "start", "run": "r", "shape": [4, 6], "dtype": "uint16", "evil": 1})], "invalid"),
         ([p.TAG, msgpack.packb({"kind": "end", "run": "r", "frames": 3}), b"extra"], "malformed"),
+        ([p.TAG, msgpack.packb({"kind": "frame", "run": "r", "seq": 0, "shape": [4, 6], "dtype": "uint16", "index": {"c": 10**9}}), b"\0" * 48], "invalid"),
+        ([p.TAG, msgpack.packb({"kind": "frame", "run": "r", "seq": 2**62, "shape": [4, 6], "dtype": "uint16"}), b"\0" * 48], "invalid"),
     ],
 )
 def test_malformed_messages_are_rejected_with_a_code(parts, code):
