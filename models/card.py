@@ -41,7 +41,9 @@ def render_card(name: str, weights: Path, benchmark: dict[str, Any] | None, note
         f"(Python: `lowdose.models.train.train_recipe({(ck.training.get('recipe') or name)!r}, DIR)`)",
         f"- {cfg.get('epochs')} epochs x {cfg.get('steps_per_epoch')} steps, batch {cfg.get('batch')}, "
         f"crop {cfg.get('crop')} px, lr {cfg.get('lr')}, EMA {cfg.get('ema')}, seed {cfg.get('seed')}; "
-        f"{ck.training.get('step')} optimizer steps in total",
+        + (f"{ck.training.get('step')} optimizer steps of fine-tuning from {ck.training['finetuned_from'].split('(')[-1].rstrip(')')} "
+           "(earlier weights, see Notes)" if ck.training.get("finetuned_from")
+           else f"{ck.training.get('step')} optimizer steps in total"),
         f"- final validation (simulated crops, normalised units): PSNR {last.get('val_psnr', float('nan')):.2f} dB "
         f"(input {last.get('val_psnr_input', float('nan')):.2f} dB), SSIM {last.get('val_ssim', float('nan')):.3f}",
     ]
@@ -49,6 +51,8 @@ def render_card(name: str, weights: Path, benchmark: dict[str, Any] | None, note
         lines += ["", "## Notes", "", notes]
     if benchmark:
         lines += ["", "## Measured quality (benchmarks/quality.py, held-out simulated frames)", "",
+                  "Float output (float32 frames in, as with `storage.restored_dtype: float32`); uint16 output "
+                  "rounds to whole ADU, which costs up to ~4 dB at 5 photons/pixel.", "",
                   "| peak photons | method | PSNR dB | SSIM | MS-SSIM |", "|---|---|---|---|---|"]
         for r in benchmark.get("rows", []):
             if r["method"] == "raw" or r["method"].split()[0] == name:
