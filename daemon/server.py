@@ -41,7 +41,6 @@ from .protocol import (
     decode,
     encode,
     frame_pixels,
-    ranges_from_seqs,
 )
 from .restore_loop import RestoreLoop
 from .runs import RunRegistry, RunState
@@ -377,7 +376,7 @@ class Daemon:
             self.metrics.active_runs.set(len(self.runs.active()))
             log.info("run %s started by %s (%s) -> %s", start.run, start.instrument, start.source, store.path)
         # tell the hook what is already stored (after a daemon restart it can drop those frames)
-        stored = ranges_from_seqs(list(state.store.raw_seqs()))
+        stored = state.store.raw_seq_ranges()
         self._reply(identity, Ack(run=start.run, ranges=stored, daemon=self.id, finished=state.raw_complete))
 
     def _on_frame(self, identity: bytes, frame: Frame, payload, zmq_part) -> None:

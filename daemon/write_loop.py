@@ -159,7 +159,7 @@ class WriteLoop(threading.Thread):
             state.raw_complete = True
             outbox.send(
                 state.identity,
-                Ack(run=state.run, ranges=ranges_from_seqs(list(store.raw_seqs())), daemon=self.daemon_id,
+                Ack(run=state.run, ranges=store.raw_seq_ranges(), daemon=self.daemon_id,
                     finished=True),
             )
             self.on_raw_complete(state)

@@ -83,7 +83,7 @@ _MAX_SEQ_OR_T = 1 << 62  # both land in int64 arithmetic
 class _SeqSet:
     """The stored seqs: a byte per seq over 0..len(dense)-1, a plain set for implausibly far seqs.
 
-    Seqs count frames from 0, so they are nearly contiguous. The protocol does not cap them, so the
+    Seqs count frames from 0, so they are nearly contiguous. The protocol caps them only at 2**62, so the
     dense part only grows while it stays within 8 bytes per stored seq (or 64 KiB): one hostile seq
     of 10^15 is one set entry, not a petabyte. Invariant: every ``far`` seq is >= ``len(dense)``.
     """
@@ -855,6 +855,21 @@ class RunStore:
         """Seqs durably stored (a copy)."""
         with self._state:
             return set(self._seqs.sorted().tolist())
+
+    def raw_seq_ranges(self) -> list[tuple[int, int]]:
+        """Stored seqs as inclusive [first, last] ranges, ascending: what an ack carries.
+
+        Computed on the compact seq set, so announcing a run of millions of frames does not build a
+        Python set of them.
+        """
+        with self._state:
+            seqs = self._seqs.sorted()
+        if not len(seqs):
+            return []
+        breaks = np.flatnonzero(np.diff(seqs) != 1)
+        firsts = np.concatenate([seqs[:1], seqs[breaks + 1]])
+        lasts = np.concatenate([seqs[breaks], seqs[-1:]])
+        return list(zip(firsts.tolist(), lasts.tolist()))
 
     def has_seq(self, seq: int) -> bool:
         """Whether ``seq`` is durably stored (O(1); prefer it to ``raw_seqs()`` on the hot path)."""

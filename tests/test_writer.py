@@ -14,7 +14,7 @@ import zarr
 
 from lowdose.daemon import writer as writer_mod
 from lowdose.daemon.config import StorageConfig
-from lowdose.daemon.protocol import End, Frame, FrameIndex, Start
+from lowdose.daemon.protocol import End, Frame, FrameIndex, Start, ranges_from_seqs
 from lowdose.daemon.writer import FrameNotStored, RunStore, StoreError
 from lowdose.plugins.denoiser import DenoiserInfo
 
@@ -538,3 +538,13 @@ def test_reopen_without_close_recovers_the_same_state(tmp_path: Path) -> None:
     assert table[grid.index((290, 0, 1))] == (2, 1) and table[grid.index((1, 0, 0))] == (0, -1)
     second.close()
     first.close()
+
+
+def test_raw_seq_ranges_match_the_stored_seqs(tmp_path: Path) -> None:
+    store = RunStore.open(tmp_path, make_start(), cfg(fsync=False), VERSION)
+    assert store.raw_seq_ranges() == []
+    seqs = [0, 1, 2, 5, 7, 8, 40]
+    store.write_raw([frame(s, t=s) for s in seqs])
+    assert store.raw_seq_ranges() == [(0, 2), (5, 5), (7, 8), (40, 40)]
+    assert store.raw_seq_ranges() == ranges_from_seqs(sorted(store.raw_seqs()))
+    store.close()
