@@ -8,7 +8,7 @@ restored on the CPU in float32 (the reference) and on DEVICE (autocast bf16/fp16
 channels-last): it prints PSNR against the truth for both, the agreement
 between them (PSNR of the DEVICE output against the CPU output) and ms per
 frame, as a ratio against the CPU time measured in the same run. Then it times
-training steps of a recipe (default ``ddpm-paper``, the paper-scale DDPM) and
+training steps of a recipe (default ``ddpm-gpu``, the largest DDPM that ships) and
 projects the recipe's full training time.
 """
 
@@ -91,7 +91,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--no-big", action="store_true", help="skip the 2048x2048 timings")
-    ap.add_argument("--recipe", default="ddpm-paper")
+    ap.add_argument("--recipe", default="ddpm-gpu")
     ap.add_argument("--train-steps", type=int, default=20)
     ap.add_argument("--out", type=Path, default=Path("gpu_check_runs"))
     ap.add_argument("--json", type=Path)

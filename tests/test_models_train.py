@@ -74,6 +74,14 @@ def test_bf16_autocast_path_trains_on_cpu(tmp_path: Path) -> None:
         main_train(_cfg(tmp_path, amp="fp8", out_dir=tmp_path / "bad"))
 
 
+def test_gpu_recipes_build_and_the_shippable_one_fits_the_repository() -> None:
+    from lowdose.models.train import RECIPES
+    from lowdose.models.unet import build_network, count_parameters
+
+    sizes = {name: count_parameters(build_network(RECIPES[name]["arch"])) for name in ("ddpm-gpu", "ddpm-paper")}
+    assert sizes["ddpm-gpu"] * 4 < 50e6 < sizes["ddpm-paper"] * 4  # float32 bytes: tens of MB at most to ship
+
+
 def test_finetune_requires_matching_kind(tmp_path: Path) -> None:
     best = main_train(_cfg(tmp_path, epochs=1))
     with pytest.raises(CheckpointError, match="cannot fine-tune"):
