@@ -67,8 +67,11 @@ def test_time_budget_stops_after_an_epoch_and_resume_finishes(tmp_path: Path) ->
 def test_bf16_autocast_path_trains_on_cpu(tmp_path: Path) -> None:
     # The CUDA default (amp="auto" on a GPU) runs this same code path with device_type="cuda".
     hist: list[dict] = []
-    main_train(_cfg(tmp_path, model="ddpm", amp="bf16", prediction="v", epochs=2,
-                    arch={"base": 8, "mults": [1, 2], "blocks": 1}), on_epoch=lambda e, s: hist.append(s))
+    from lowdose.models.train import _autocast_dtype
+
+    assert _autocast_dtype("auto", torch.device("cuda")) is torch.bfloat16
+    assert _autocast_dtype("auto", torch.device("cpu")) is None and _autocast_dtype("off", torch.device("cuda")) is None
+    main_train(_cfg(tmp_path, amp="bf16"), on_epoch=lambda e, s: hist.append(s))
     assert hist[-1]["train_loss"] < hist[0]["train_loss"]
     with pytest.raises(ValueError, match="amp must be"):
         main_train(_cfg(tmp_path, amp="fp8", out_dir=tmp_path / "bad"))
