@@ -767,6 +767,11 @@ class FrameSender:
             self._spooled_now -= 1
             if delete_spool:
                 self._spool.delete(seq)
+        # Acks mostly arrive in order, so the head of the spill order is what was just acked: trimming
+        # it here keeps the deque at the unacked frames instead of one entry per frame of the run.
+        order = st.mem_order
+        while order and order[0] not in st.unacked:
+            order.popleft()
 
     def _spool_everything(self) -> None:
         """At the end: every unacked frame (and the pending ones) to disk, with End if known."""

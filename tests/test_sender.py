@@ -55,6 +55,8 @@ def test_frames_arrive_once_in_order_and_are_dropped_when_acked(fake_daemon, hoo
     assert fake_daemon.ends["run-a"].frames == 200
     c = report.counters
     assert (c.queued, c.sent, c.acked, c.resent, c.spooled, c.in_memory_bytes) == (200, 200, 200, 0, 0, 0)
+    # bookkeeping ends with the unacked frames: nothing per frame survives its ack (a long run stays flat)
+    assert len(sender._st.unacked) == 0 and len(sender._st.mem_order) == 0
     assert c.daemon_alive and c.last_ack_time is not None
     assert not (cfg.spool_dir / "run-a").exists()
     # one identity per connection incarnation, and the DEALER stayed within its window
