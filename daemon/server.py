@@ -267,6 +267,7 @@ class Daemon:
         poller.register(self._pull, zmq.POLLIN)
         poller.register(self._router, zmq.POLLIN)
         reading = True
+        last_busy_beat = 0.0
         while not self._stop.is_set():
             full = self._inbox.full()
             if full and reading:
@@ -275,6 +276,12 @@ class Daemon:
             elif not full and not reading:
                 poller.modify(self._router, zmq.POLLIN)
                 reading = True
+            if not reading and time.monotonic() - last_busy_beat >= self.cfg.server.heartbeat_s:
+                # Hooks hear nothing while we do not read: without a sign of life they would take us
+                # for dead, reconnect and resend every unacked frame, adding load to a full queue.
+                for state in self.runs.active():
+                    self._reply(state.identity, Heartbeat(run=state.run, daemon=self.id))
+                last_busy_beat = time.monotonic()
             events = dict(poller.poll(20 if not reading else 100))
             if self._pull in events:
                 self._forward_replies()

@@ -73,6 +73,35 @@ def test_full_disk_loses_no_frame_and_the_daemon_keeps_serving(tmp_path, small_d
         d.stop()
 
 
+def test_stalled_writer_keeps_hooks_connected(tmp_path):
+    # A hung disk (here: the raw write path held) fills the write queue and the daemon stops reading.
+    # Its heartbeats must tell the hook it is alive, or the hook reconnects and resends everything.
+    cfg = _cfg(tmp_path, tmp_path / "data", **{
+        "storage.write_queue_frames": 2, "server.heartbeat_s": 0.1, "hook.ack_timeout_s": 1.0,
+    })
+    d = Daemon(cfg)
+    d.start()
+    try:
+        sender = FrameSender(cfg.hook, Start(run="stall", shape=(16, 16), dtype="uint16"))
+        sender.start()
+        sender.submit(np.zeros((16, 16), np.uint16), FrameIndex(t=0))
+        deadline = time.monotonic() + 10
+        while sender.counters().acked < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        store = d.runs.get("stall").store
+        with store._raw_lock:  # the writer thread now blocks inside write_raw
+            for t in range(1, 30):
+                sender.submit(np.full((16, 16), t, np.uint16), FrameIndex(t=t))
+            time.sleep(3.5)  # three and a half ack timeouts
+            assert d.status()["runs"][0]["frames_written"] == 1
+            stalled = sender.counters()
+        assert stalled.unacked == 29 and stalled.reconnects == 0, stalled
+        report = sender.close(timeout=20)
+        assert report.acked == 30 and report.unacked == 0 and report.counters.reconnects == 0, report
+    finally:
+        d.stop()
+
+
 def test_curve_authenticates_microscopes(tmp_path):
     import zmq.auth
 
