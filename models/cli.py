@@ -7,6 +7,9 @@ from typing import Optional
 
 import typer
 
+AMP_OPTION = typer.Option("auto", help="bf16 autocast: auto (on CUDA only), bf16 or off")
+MAX_MINUTES_OPTION = typer.Option(None, help="stop after the epoch past this many minutes; --resume continues")
+
 train_app = typer.Typer(help="Train restoration models on your data or reproduce the shipped ones.",
                         no_args_is_help=True)
 
@@ -29,8 +32,8 @@ def train_model(
     finetune: Optional[str] = typer.Option(None, help="start from a shipped model name or checkpoint"),
     resume: bool = typer.Option(False, help="continue from OUT/last.pt"),
     device: str = typer.Option("auto"),
-    amp: str = typer.Option("auto", help="bf16 autocast: auto (on CUDA only), bf16 or off"),
-    max_minutes: Optional[float] = typer.Option(None, help="stop after the epoch past this many minutes; --resume continues"),
+    amp: str = AMP_OPTION,
+    max_minutes: Optional[float] = MAX_MINUTES_OPTION,
     threads: Optional[int] = typer.Option(None, help="CPU threads for torch"),
     seed: int = typer.Option(0),
 ) -> None:
@@ -57,8 +60,8 @@ def train_recipe_cmd(
     out: Path = typer.Option(..., "--out", "-o"),
     scale: float = typer.Option(1.0, help="multiply the step budget (e.g. 10 on a GPU)"),
     device: str = typer.Option("auto"),
-    amp: str = typer.Option("auto", help="bf16 autocast: auto (on CUDA only), bf16 or off"),
-    max_minutes: Optional[float] = typer.Option(None, help="stop after the epoch past this many minutes; --resume continues"),
+    amp: str = AMP_OPTION,
+    max_minutes: Optional[float] = MAX_MINUTES_OPTION,
     resume: bool = typer.Option(False, help="continue from OUT/last.pt"),
     threads: Optional[int] = typer.Option(2),
 ) -> None:

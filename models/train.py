@@ -168,12 +168,11 @@ def _autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
 def _train_step(
     cfg: TrainConfig, obj: _Objective, net: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer,
     source: Source, rng: np.random.Generator, spec: normalize.NormSpec, step: int, total: int,
-    device: torch.device,
+    device: torch.device, amp_dtype: torch.dtype | None,
 ) -> float:
     x, y = _normalise(source.sample(cfg.batch, cfg.crop, rng), spec)
     for g in opt.param_groups:
         g["lr"] = _lr_at(step, total, cfg.lr)
-    amp_dtype = _autocast_dtype(cfg.amp, device)
     # bf16 keeps float32's exponent range, so no loss scaling is needed (fp16 would need a GradScaler)
     with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
         loss = obj.loss(net, x.to(device), None if y is None else y.to(device))
@@ -214,7 +213,7 @@ def main_train(cfg: TrainConfig, on_epoch: Callable[[int, dict[str, float]], Non
     from .engine import resolve_device
 
     device = resolve_device(cfg.device)
-    _autocast_dtype(cfg.amp, device)  # a bad value fails before any data is loaded
+    amp_dtype = _autocast_dtype(cfg.amp, device)  # first: a bad value fails before any data is loaded
     torch.manual_seed(cfg.seed)
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -256,7 +255,7 @@ def main_train(cfg: TrainConfig, on_epoch: Callable[[int, dict[str, float]], Non
         with progress:
             task = progress.add_task("train", total=cfg.steps_per_epoch, loss="-")
             for _ in range(cfg.steps_per_epoch):
-                loss_value = _train_step(cfg, obj, net, ema, opt, source, rng, spec, step, total, device)
+                loss_value = _train_step(cfg, obj, net, ema, opt, source, rng, spec, step, total, device, amp_dtype)
                 step += 1
                 losses.append(loss_value)
                 progress.update(task, advance=1, loss=f"{np.mean(losses[-50:]):.4g}")
@@ -299,6 +298,11 @@ def main_train(cfg: TrainConfig, on_epoch: Callable[[int, dict[str, float]], Non
 # --------------------------------------------------------------------------- recipes
 
 
+_DDPM_GPU: dict[str, Any] = dict(
+    model="ddpm", epochs=40, steps_per_epoch=500, batch=16, crop=128, lr=2e-4, ema=0.999, prediction="v",
+    arch={"name": "DiffusionUNet", "base": 32, "mults": [1, 2, 4, 8], "blocks": 2, "attention": True},
+)
+
 # Budgets chosen to fit ~10-15 min each on a 2-core CPU; on a GPU, raise
 # steps_per_epoch/epochs (and width) for better models.
 RECIPES: dict[str, dict[str, Any]] = {
@@ -308,14 +312,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     # GPU recipes, run in resumable segments (max_minutes / resume). ddpm-gpu is the largest network
     # whose weights still fit the repository (12 M parameters, 49 MB); ddpm-paper is the paper's
     # (64 base channels, [1, 2, 4, 8], 2 blocks per level; 49 M parameters, 197 MB) for local use.
-    "ddpm-gpu": dict(
-        model="ddpm", epochs=40, steps_per_epoch=500, batch=16, crop=128, lr=2e-4, ema=0.999, prediction="v",
-        arch={"name": "DiffusionUNet", "base": 32, "mults": [1, 2, 4, 8], "blocks": 2, "attention": True},
-    ),
-    "ddpm-paper": dict(
-        model="ddpm", epochs=40, steps_per_epoch=500, batch=16, crop=128, lr=2e-4, ema=0.999, prediction="v",
-        arch={"name": "DiffusionUNet", "base": 64, "mults": [1, 2, 4, 8], "blocks": 2, "attention": True},
-    ),
+    "ddpm-gpu": _DDPM_GPU,
+    "ddpm-paper": {**_DDPM_GPU, "arch": {**_DDPM_GPU["arch"], "base": 64}},
 }
 
 
