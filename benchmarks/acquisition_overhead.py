@@ -26,9 +26,9 @@ import zmq
 from pymmcore_plus import CMMCorePlus
 from useq import MDASequence
 
-from lowdose.daemon import protocol as p
-from lowdose.daemon.config import HookConfig
-from lowdose.plugins.pymmcore_plus_hook import PymmcorePlusHook, release_core
+from lowdose.wire import protocol as p
+from lowdose.wire.hook_config import HookConfig
+from lowdose.plugins.acquisition.pymmcore_plus_hook import PymmcorePlusHook, release_core
 
 
 def ack_server(endpoint: str, ready: mp.Event, stop: mp.Event) -> None:

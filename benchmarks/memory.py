@@ -42,9 +42,9 @@ def main() -> None:
 
     from lowdose.daemon.client import query_status
     from lowdose.daemon.config import load_config
-    from lowdose.daemon.protocol import FrameIndex, Start
+    from lowdose.wire.protocol import FrameIndex, Start
     from lowdose.demo import DaemonProcess
-    from lowdose.plugins.sender import FrameSender
+    from lowdose.plugins.acquisition.sender import FrameSender
 
     tmp = Path(tempfile.mkdtemp(prefix="lowdose-mem-"))
     endpoint = f"ipc://{tmp}/d.sock"
@@ -88,9 +88,9 @@ def main() -> None:
 
 def store_only(n: int, batch: int = 50, warmup: int = 2000) -> None:
     from lowdose.daemon.config import StorageConfig
-    from lowdose.daemon.protocol import End, Frame, FrameIndex, Start
+    from lowdose.wire.protocol import End, Frame, FrameIndex, Start
     from lowdose.daemon.writer import RunStore
-    from lowdose.plugins.denoiser import DenoiserInfo
+    from lowdose.plugins.denoisers.interface import DenoiserInfo
 
     # RAM-backed where possible: this measures bookkeeping, and deleting 10^5 chunk files on a busy disk takes minutes
     tmp = Path(tempfile.mkdtemp(prefix="lowdose-store-mem-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None))

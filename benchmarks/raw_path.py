@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from lowdose.daemon.config import StorageConfig
-from lowdose.daemon.protocol import Frame, FrameIndex, Start
+from lowdose.wire.protocol import Frame, FrameIndex, Start
 from lowdose.daemon.writer import RunStore
 
 SHAPE = (2048, 2048)

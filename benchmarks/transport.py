@@ -69,7 +69,7 @@ def bare(endpoint: str, n: int) -> float:
 
 
 def _ingest_sink(endpoint: str, n: int, out: mp.Queue) -> None:
-    from lowdose.daemon.protocol import Ack, Frame, Start, decode, encode, ranges_from_seqs
+    from lowdose.wire.protocol import Ack, Frame, Start, decode, encode, ranges_from_seqs
 
     ctx = zmq.Context()
     s = ctx.socket(zmq.ROUTER)
@@ -112,9 +112,9 @@ def _ingest_sink(endpoint: str, n: int, out: mp.Queue) -> None:
 
 
 def hooked(endpoint: str, n: int, spool: str, window: int = 8) -> float:
-    from lowdose.daemon.config import HookConfig
-    from lowdose.daemon.protocol import FrameIndex, Start
-    from lowdose.plugins.sender import FrameSender
+    from lowdose.wire.hook_config import HookConfig
+    from lowdose.wire.protocol import FrameIndex, Start
+    from lowdose.plugins.acquisition.sender import FrameSender
 
     out: mp.Queue = mp.Queue()
     proc = mp.Process(target=_ingest_sink, args=(endpoint, n, out))

@@ -14,10 +14,10 @@ from typing import Callable
 import numpy as np
 
 from lowdose import __version__
-from lowdose.plugins.denoiser import Denoiser
+from lowdose.plugins.denoisers.interface import Denoiser
 
 from .config import StorageConfig
-from .protocol import End
+from lowdose.wire.protocol import End
 from .writer import RunStore
 
 

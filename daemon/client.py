@@ -8,7 +8,7 @@ from typing import Callable
 
 import zmq
 
-from .protocol import Error, ProtocolError, StatusReply, StatusRequest, decode, encode
+from lowdose.wire.protocol import Error, ProtocolError, StatusReply, StatusRequest, decode, encode
 
 
 class DaemonUnreachable(RuntimeError):

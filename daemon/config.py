@@ -3,7 +3,8 @@
 Every section is a pydantic model with ``extra="forbid"``: a misspelt key is an
 error naming its path, never a silently ignored setting. The documented
 reference is ``config.yaml`` at the repository root (also shipped inside the
-package as the default).
+package as the default). The ``hook`` section's model lives in
+:mod:`lowdose.wire.hook_config`, because the acquisition side uses it without the daemon.
 """
 
 from __future__ import annotations
@@ -13,24 +14,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
+
+from lowdose.wire.hook_config import ConfigSection, HookConfig, check_endpoint
 
 
 class ConfigError(ValueError):
     """The configuration cannot be used; the message names the key and the fix."""
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-def _check_endpoint(v: str) -> str:
-    if not v.startswith(("tcp://", "ipc://", "inproc://")):
-        raise ValueError(f"ZeroMQ endpoint must start with tcp://, ipc:// or inproc://; got {v!r}")
-    return v
-
-
-class CurveConfig(_Section):
+class CurveConfig(ConfigSection):
     """CURVE encryption and authentication for tcp:// endpoints on a facility network."""
 
     enabled: bool = False
@@ -38,7 +31,7 @@ class CurveConfig(_Section):
     authorized_keys_dir: Path | None = None  # public .key files of the allowed microscopes
 
 
-class ServerConfig(_Section):
+class ServerConfig(ConfigSection):
     endpoints: list[str] = Field(default_factory=lambda: ["tcp://127.0.0.1:5571"])
     preview_endpoint: str | None = "tcp://127.0.0.1:5572"
     rcvhwm_frames: int = Field(16, ge=1, le=10000)
@@ -52,15 +45,15 @@ class ServerConfig(_Section):
     def _endpoints(cls, v: list[str]) -> list[str]:
         if not v:
             raise ValueError("at least one endpoint is needed")
-        return [_check_endpoint(e) for e in v]
+        return [check_endpoint(e) for e in v]
 
     @field_validator("preview_endpoint")
     @classmethod
     def _preview(cls, v: str | None) -> str | None:
-        return None if v is None else _check_endpoint(v)
+        return None if v is None else check_endpoint(v)
 
 
-class StorageConfig(_Section):
+class StorageConfig(ConfigSection):
     output_dir: Path = Path("lowdose-data")
     compression: Literal["lz4", "zstd", "none"] = "lz4"
     compression_level: int = Field(1, ge=0, le=22)
@@ -69,7 +62,7 @@ class StorageConfig(_Section):
     write_queue_frames: int = Field(64, ge=1)
 
 
-class RestoreConfig(_Section):
+class RestoreConfig(ConfigSection):
     denoiser: str = "auto"
     denoiser_options: dict[str, Any] = Field(default_factory=dict)
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -80,32 +73,12 @@ class RestoreConfig(_Section):
     store_uncertainty: bool = True
 
 
-class MetricsConfig(_Section):
+class MetricsConfig(ConfigSection):
     port: int = Field(0, ge=0, le=65535)  # 0: no Prometheus HTTP endpoint
     address: str = "127.0.0.1"
 
 
-class HookConfig(_Section):
-    """Client side: what an acquisition hook uses to reach the daemon."""
-
-    endpoint: str = "tcp://127.0.0.1:5571"
-    memory_mb: float = Field(512.0, gt=0)  # unacked frames kept in RAM before spilling
-    spool_dir: Path = Path("lowdose-spool")
-    spool_fsync: bool = False  # flush each spooled frame to disk (survives a power cut, costs speed)
-    window_frames: int = Field(8, ge=1)  # frames in flight without an ack
-    ack_timeout_s: float = Field(3.0, gt=0)
-    heartbeat_s: float = Field(1.0, gt=0)
-    close_timeout_s: float = Field(60.0, ge=0)
-    curve_server_public_key: Path | None = None
-    curve_client_secret_key: Path | None = None
-
-    @field_validator("endpoint")
-    @classmethod
-    def _endpoint(cls, v: str) -> str:
-        return _check_endpoint(v)
-
-
-class LowdoseConfig(_Section):
+class LowdoseConfig(ConfigSection):
     server: ServerConfig = ServerConfig()
     storage: StorageConfig = StorageConfig()
     restore: RestoreConfig = RestoreConfig()
@@ -153,3 +126,17 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             else:
                 lines.append(f"  {key}: {err['msg']} (got {err.get('input')!r})")
         raise ConfigError(f"invalid configuration in {where}:\n" + "\n".join(lines)) from None
+
+
+__all__ = [
+    "ConfigError",
+    "CurveConfig",
+    "HookConfig",
+    "LowdoseConfig",
+    "MetricsConfig",
+    "RestoreConfig",
+    "ServerConfig",
+    "StorageConfig",
+    "default_config_text",
+    "load_config",
+]

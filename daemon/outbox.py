@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import zmq
 
-from .protocol import encode
+from lowdose.wire.protocol import encode
 
 
 class OutboxWriter:

@@ -17,11 +17,11 @@ from typing import Callable
 import numpy as np
 import zmq
 
-from lowdose.plugins.denoiser import Denoiser
+from lowdose.plugins.denoisers.interface import Denoiser
 
 from .config import RestoreConfig, ServerConfig
 from .metrics import DaemonMetrics
-from .protocol import Preview, encode
+from lowdose.wire.protocol import Preview, encode
 from .runs import RunRegistry, RunState
 from .scheduler import Batch, LiveItem, Scheduler
 

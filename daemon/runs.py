@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .metrics import LagTracker, RunCounters
-from .protocol import End, Start
+from lowdose.wire.protocol import End, Start
 
 if TYPE_CHECKING:
     from .writer import RunStore

@@ -24,7 +24,7 @@ from typing import Literal
 
 import numpy as np
 
-from .protocol import FrameIndex
+from lowdose.wire.protocol import FrameIndex
 
 Policy = Literal["fifo", "latest"]
 

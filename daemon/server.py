@@ -23,12 +23,13 @@ from typing import Callable
 import zmq
 
 from lowdose import __version__
-from lowdose.plugins.denoiser import Denoiser, create_denoiser
+from lowdose.plugins.denoisers.interface import Denoiser
+from lowdose.plugins.denoisers.registry import create_denoiser, resolve_device
 
 from .client import DaemonUnreachable, query_status
 from .config import LowdoseConfig
 from .metrics import DaemonMetrics, RunCounters
-from .protocol import (
+from lowdose.wire.protocol import (
     Ack,
     End,
     Error,
@@ -55,17 +56,6 @@ MAX_MESSAGES_PER_POLL = 64
 
 class DaemonError(RuntimeError):
     """The daemon cannot start; the message says why and what to change."""
-
-
-def resolve_device(device: str) -> str:
-    if device != "auto":
-        return device
-    try:
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    except ImportError:
-        return "cpu"
 
 
 class Daemon:

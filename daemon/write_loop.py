@@ -20,7 +20,7 @@ import zmq
 
 from .metrics import DaemonMetrics
 from .outbox import OutboxWriter
-from .protocol import Ack, End, Error, Frame, ranges_from_seqs
+from lowdose.wire.protocol import Ack, End, Error, Frame, ranges_from_seqs
 from .runs import RunRegistry, RunState
 from .scheduler import LiveItem, Scheduler
 from .writer import StoreError

@@ -11,7 +11,7 @@ Layout of ``<output_dir>/<run>.ome.zarr/``::
         restored.jsonl        append-only: one line per restored frame (index, mode, model) + model records
         tables/               per-frame columns as 1-D zarr arrays, written by finalize()
 
-How a frame is written (rule 2 "no raw frame lost" and rule 4 "data before count"):
+How a frame is written (``docs/design.md`` rule 2 "no raw frame lost" and rule 4 "data before count"):
 
 1. the chunk file is encoded and written (and fsynced, with the new directory entries, when
    ``storage.fsync``);
@@ -23,8 +23,9 @@ A reader therefore never sees an index whose chunk is not there, and after a cra
 the truth: a frame with a record has its chunk; a frame without one (torn last line included) is
 resent by the hook and rewritten. Reopening rebuilds everything from the records.
 
-Chunks are one frame each, ``(1, 1, 1, Y, X)``, unsharded. DESIGN.md measured that writing shards
-frame by frame with zarr-python costs 0.04 GB/s (each frame rewrites the shard), and a shard buffered
+Chunks are one frame each, ``(1, 1, 1, Y, X)``, unsharded. Writing shards
+frame by frame with zarr-python measured 0.04 GB/s on our VM (each frame rewrites the shard; see
+``benchmarks/RESULTS.md``), and a shard buffered
 in RAM is lost on a kill; one file per frame keeps every acknowledged frame independently durable.
 The price is many files (360,000 per hour per stream at 100 fps); an append-only shard writer is the
 documented next step for very long runs.
@@ -57,8 +58,10 @@ from zarr.storage import LocalStore
 
 from lowdose.daemon import ngff
 from lowdose.daemon.config import StorageConfig
-from lowdose.daemon.protocol import End, Frame, FrameIndex, Start
-from lowdose.plugins.denoiser import DenoiserInfo
+from lowdose.wire.protocol import End, Frame, FrameIndex, Start
+from lowdose.plugins.denoisers.interface import DenoiserInfo
+from lowdose.wire.durable import fsync_dir, write_file
+from lowdose.wire.jsonsafe import jsonable
 
 log = logging.getLogger(__name__)
 
@@ -216,33 +219,8 @@ def _oserror(exc: OSError, action: str, path: Path | str) -> StoreError:
     return StoreError(f"{action} failed at {path}: {exc.strerror or exc} ({fix})")
 
 
-def _fsync_path(path: Path | str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_file(path: str, data: bytes | memoryview, fsync: bool, *, replace: bool) -> None:
-    """Write a whole file; ``replace``: via a temporary file and an atomic rename (readers never see it torn)."""
-    target = path + ".tmp" if replace else path
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            n = os.write(fd, view)
-            view = view[n:]
-        if fsync:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-    if replace:
-        os.replace(target, path)
-
-
 def _write_json(path: Path, obj: Any, fsync: bool = False) -> None:
-    _write_file(str(path), json.dumps(obj, indent=2, allow_nan=False).encode(), fsync, replace=True)
+    write_file(path, json.dumps(obj, indent=2, allow_nan=False).encode(), fsync=fsync, atomic=True)
 
 
 class _ChunkCodec:
@@ -417,7 +395,7 @@ class RunStore:
         self._frames_log = open(lowdose_dir / "frames.jsonl", "ab")
         self._restored_log = open(lowdose_dir / "restored.jsonl", "ab")
         if self.cfg.fsync:
-            _fsync_path(lowdose_dir)
+            fsync_dir(lowdose_dir)
         for img in list(self._images.values()):
             self._publish(img, force=True)
 
@@ -465,10 +443,10 @@ class RunStore:
             import shutil
 
             shutil.rmtree(tmp)
-        zarr.open_group(store=LocalStore(tmp), mode="w-", zarr_format=3, attributes=_json_safe(attrs))
+        zarr.open_group(store=LocalStore(tmp), mode="w-", zarr_format=3, attributes=jsonable(attrs))
         os.rename(tmp, self.path)
         if self.cfg.fsync:
-            _fsync_path(self.path.parent)
+            fsync_dir(self.path.parent)
 
     def _read_log(self, path: Path) -> list[dict[str, Any]]:
         """Records of an append-only JSON-lines log; a torn last line is cut off the file."""
@@ -549,7 +527,7 @@ class RunStore:
                 "lowdose": {"kind": kind, "position": p, "frame_records": "../lowdose/frames.jsonl"},
             }
             root = LocalStore(self.path)
-            zarr.open_group(store=root, path=name, mode="a", zarr_format=3, attributes=_json_safe(attrs))
+            zarr.open_group(store=root, path=name, mode="a", zarr_format=3, attributes=jsonable(attrs))
             zarr.create_array(
                 store=root,
                 name=f"{name}/0",
@@ -563,7 +541,7 @@ class RunStore:
                 overwrite=False,
             )
             if self.cfg.fsync:
-                _fsync_path(self.path)
+                fsync_dir(self.path)
         meta = json.loads((gdir / "0" / "zarr.json").read_text())
         group_meta = json.loads((gdir / "zarr.json").read_text())
         img = _Image(name=name, kind=kind, p=p, dir=gdir, codec=codec, meta=meta, group_meta=group_meta)
@@ -750,7 +728,7 @@ class RunStore:
         # 1. chunk data, encoded and written in parallel (blosc and file I/O release the GIL)
         self._run_jobs([lambda j=j: self._write_chunk(self._codec, *j) for j in jobs])
         if fsync and dirs:
-            self._run_jobs([lambda d=d: _fsync_path(d) for d in dirs])
+            self._run_jobs([lambda d=d: fsync_dir(d) for d in dirs])
         # 2. records
         now = time.time()
         lines = []
@@ -768,7 +746,7 @@ class RunStore:
                 "written": now,
                 "metadata": frame.metadata,
             }
-            lines.append(json.dumps(_json_safe(rec), separators=(",", ":")))
+            lines.append(json.dumps(jsonable(rec), separators=(",", ":")))
         self._append(self._frames_log, lines)
         # 3. state, then the count
         touched: set[int] = set()
@@ -833,7 +811,7 @@ class RunStore:
 
     def _write_chunk(self, codec: _ChunkCodec, path: str, pixels: np.ndarray, exists: bool) -> None:
         # an existing chunk (an index written again) is replaced atomically: it may already be published
-        _write_file(path, codec.encode(pixels), self.cfg.fsync, replace=exists)
+        write_file(path, codec.encode(pixels), fsync=self.cfg.fsync, atomic=exists)
 
     def _run_jobs(self, jobs: list[Callable[[], None]]) -> None:
         if len(jobs) == 1:
@@ -939,7 +917,7 @@ class RunStore:
             "name": info.name,
             "version": info.version,
             "checksum": info.checksum,
-            "parameters": _json_safe(info.parameters),
+            "parameters": jsonable(info.parameters),
             "device": info.device,
             "tile_size": info.tile_size,
             "has_uncertainty": info.has_uncertainty,
@@ -975,7 +953,7 @@ class RunStore:
             self._write_chunk(*job)
         if self.cfg.fsync:
             for d in dirs:
-                _fsync_path(d)
+                fsync_dir(d)
         now = time.time()
         lines = [
             json.dumps(
@@ -1099,7 +1077,7 @@ class RunStore:
         root = json.loads(root_json.read_text())
         root["attributes"]["lowdose"]["summary"] = summary
         root["attributes"]["lowdose"]["end"] = end.model_dump(mode="json") if end else None
-        _write_json(root_json, _json_safe(root), fsync=self.cfg.fsync)
+        _write_json(root_json, jsonable(root), fsync=self.cfg.fsync)
         return summary
 
     def _final_windows(self) -> None:
@@ -1190,7 +1168,7 @@ class RunStore:
                     if len(missing_idx) < _MAX_LISTED and n_missing_idx:
                         listed = _missing_indices(self._cells[p], (t_n, c_n, z_n), _MAX_LISTED - len(missing_idx))
                         missing_idx.extend([t, p, c, z] for t, c, z in listed)
-            return _json_safe(
+            return jsonable(
                 {
                     "run": self.start.run,
                     "path": str(self.path),
@@ -1315,21 +1293,3 @@ def _group_by_block(ps: np.ndarray, ts: np.ndarray) -> list[tuple[np.ndarray, in
     starts = np.flatnonzero(np.concatenate([[True], (p_s[1:] != p_s[:-1]) | (bn_s[1:] != bn_s[:-1])]))
     stops = np.append(starts[1:], len(order))
     return [(order[a:b], int(p_s[a]), int(bn_s[a])) for a, b in zip(starts.tolist(), stops.tolist())]
-
-
-def _json_safe(obj: Any) -> Any:
-    """JSON-clean a value: NaN/inf -> None, numpy scalars -> Python, tuples -> lists, unknown -> str."""
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, (bool, str)) or obj is None:
-        return obj
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        f = float(obj)
-        return f if np.isfinite(f) else None
-    if isinstance(obj, np.ndarray):
-        return _json_safe(obj.tolist())
-    return str(obj)

@@ -6,7 +6,7 @@ import atexit
 import time
 from pathlib import Path
 
-from lowdose.daemon.config import HookConfig
+from lowdose.wire.hook_config import HookConfig
 
 
 class AcquireError(RuntimeError):
@@ -38,8 +38,8 @@ def run_acquisition(
     """Load the hardware, run the MDA with the lowdose hook, wait for the daemon's acks."""
     from pymmcore_plus import CMMCorePlus
 
-    from lowdose.plugins.pymmcore_plus_hook import PymmcorePlusHook
-    from lowdose.plugins.pymmcore_plus_hook import release_core as close_core
+    from lowdose.plugins.acquisition.pymmcore_plus_hook import PymmcorePlusHook
+    from lowdose.plugins.acquisition.pymmcore_plus_hook import release_core as close_core
 
     sequence = load_sequence(sequence_path)
     core = CMMCorePlus()

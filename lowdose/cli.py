@@ -156,9 +156,10 @@ def backfill(
     from rich.progress import Progress
 
     from lowdose.daemon.backfill import backfill_store
-    from lowdose.daemon.server import resolve_device
+    from lowdose.plugins.denoisers.registry import resolve_device
     from lowdose.daemon.writer import StoreError
-    from lowdose.plugins.denoiser import DenoiserError, create_denoiser
+    from lowdose.plugins.denoisers.interface import DenoiserError
+    from lowdose.plugins.denoisers.registry import create_denoiser
 
     cfg = _load(config)
     try:
@@ -196,7 +197,7 @@ def show_config(
 @app.command()
 def denoisers() -> None:
     """List the denoiser plug-ins installed (entry-point group lowdose.denoisers)."""
-    from lowdose.plugins.denoiser import available_denoisers
+    from lowdose.plugins.denoisers.registry import available_denoisers
 
     for name, ep in sorted(available_denoisers().items()):
         console.print(f"{name:12s} {ep.value}")

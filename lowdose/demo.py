@@ -61,11 +61,6 @@ class DemoResult:
     denoiser: str
 
 
-def psnr(estimate: np.ndarray, truth: np.ndarray, data_range: float) -> float:
-    mse = float(np.mean((estimate.astype(np.float64) - truth.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10.0 * np.log10(data_range**2 / mse)
-
-
 def _store_paths(output: Path) -> tuple[Path, str]:
     output = output.expanduser().resolve()
     if not output.name.endswith(STORE_SUFFIX) or output.name == STORE_SUFFIX:
@@ -127,8 +122,8 @@ def _sim_frame_number(meta, camera) -> int:
 def _resolve_denoiser(name: str) -> str:
     if name != "auto":
         return name
-    from lowdose.daemon.server import resolve_device
-    from lowdose.plugins.denoiser import resolve_auto
+    from lowdose.plugins.denoisers.registry import resolve_device
+    from lowdose.models.denoisers import resolve_auto
 
     return resolve_auto(resolve_device("auto"))
 
@@ -139,8 +134,9 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> DemoResult:
 
     from lowdose.daemon.client import wait_run_finished
     from lowdose.daemon.config import load_config
-    from lowdose.plugins.pymmcore_plus_hook import PymmcorePlusHook
-    from lowdose.plugins.sim_camera import close_core, make_sim_core
+    from lowdose.plugins.acquisition.pymmcore_plus_hook import PymmcorePlusHook
+    from lowdose.plugins.acquisition.sim_camera import close_core, make_sim_core
+    from lowdose.models.metrics import psnr
 
     console = console or Console()
     output_dir, run_id = _store_paths(opts.output)
@@ -236,8 +232,8 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> DemoResult:
     for t in sample:
         truth = camera.expected_adu_for(sim_frames[t])
         data_range = float(truth.max() - opts.offset)
-        p_raw.append(psnr(raw[t, 0, 0], truth, data_range))
-        p_res.append(psnr(restored[t, 0, 0], truth, data_range))
+        p_raw.append(psnr(truth, raw[t, 0, 0], data_range))
+        p_res.append(psnr(truth, restored[t, 0, 0], data_range))
     t_show = ts[len(ts) // 2]
     picture = output_dir / f"{run_id}.png"
     save_side_by_side(

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from lowdose.plugins.denoiser import DenoiserError
+from lowdose.plugins.denoisers.interface import DenoiserError
 
 FORMAT = "lowdose-model"
 FORMAT_VERSION = 1

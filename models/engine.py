@@ -14,17 +14,17 @@ from typing import Callable, ContextManager
 import torch
 from torch import nn
 
+from lowdose.plugins.denoisers.registry import resolve_device
+
 from .tiling import run_tiled
 
 CPU_TILE = 512  # larger tiles gain nothing on a CPU and cost cache misses
 MAX_TILE = 2048
 
 
-def resolve_device(device: str = "auto") -> torch.device:
-    """'auto' -> 'cuda' when available else 'cpu'; a clear error for an unusable device."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+def torch_device(device: str = "auto") -> torch.device:
+    """The torch device for a ``restore.device`` value; a clear error for an unusable one."""
+    dev = torch.device(resolve_device(device))
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {device!r} requested but CUDA is not available in this torch build")
     return dev
@@ -71,7 +71,7 @@ class InferenceEngine:
     """Runs a network on (N, C, H, W) tensors in overlapping tiles on one device."""
 
     def __init__(self, device: str = "auto", amp: bool = True) -> None:
-        self.device = resolve_device(device)
+        self.device = torch_device(device)
         self.amp = amp and self.device.type == "cuda"
         self.channels_last = self.device.type == "cuda"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from lowdose.plugins.denoiser import BaseDenoiser, DenoiserError
+from lowdose.plugins.denoisers.interface import BaseDenoiser, DenoiserError
 
 from .checkpoint import load_checkpoint
 from .restorer import denoiser_from_checkpoint

@@ -1,6 +1,6 @@
 """Denoiser objects built from checkpoints: what ``lowdose.models.load`` returns.
 
-They satisfy :class:`lowdose.plugins.denoiser.Denoiser`: frames in ADU in,
+They satisfy :class:`lowdose.plugins.denoisers.interface.Denoiser`: frames in ADU in,
 frames in the same shape, dtype and units out.
 """
 
@@ -13,7 +13,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from lowdose.plugins.denoiser import BaseDenoiser, DenoiserInfo
+from lowdose.plugins.denoisers.interface import BaseDenoiser, DenoiserInfo
 
 from . import normalize
 from .checkpoint import Checkpoint, build_from_checkpoint

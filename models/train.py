@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from lowdose.wire.jsonsafe import jsonable
+
 from . import metrics, normalize
 from .checkpoint import Checkpoint, CheckpointError, build_from_checkpoint, load_checkpoint, lowdose_version, save_checkpoint
 from .data import Batch, FramesSource, SimulatedSource, Source, load_frames
@@ -199,7 +201,7 @@ def _init_model(cfg: TrainConfig) -> tuple[nn.Module, dict[str, Any], str | None
 
 
 def _jsonable(cfg: TrainConfig) -> dict[str, Any]:
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
+    return jsonable(asdict(cfg))
 
 
 def main_train(cfg: TrainConfig, on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> Path:
@@ -210,9 +212,9 @@ def main_train(cfg: TrainConfig, on_epoch: Callable[[int, dict[str, float]], Non
     """
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    from .engine import resolve_device
+    from .engine import torch_device
 
-    device = resolve_device(cfg.device)
+    device = torch_device(cfg.device)
     amp_dtype = _autocast_dtype(cfg.amp, device)  # first: a bad value fails before any data is loaded
     torch.manual_seed(cfg.seed)
     out_dir = Path(cfg.out_dir)

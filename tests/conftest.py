@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 import zmq
 
-from lowdose.daemon import protocol as p
-from lowdose.daemon.config import HookConfig
+from lowdose.wire import protocol as p
+from lowdose.wire.hook_config import HookConfig
 
 # ----------------------------------------------------------------------------- cores
 
@@ -31,7 +31,7 @@ def demo_core():
     """A real ``CMMCorePlus`` with Micro-Manager's demo configuration (mm-test-adapters)."""
     from pymmcore_plus import CMMCorePlus
 
-    from lowdose.plugins.pymmcore_plus_hook import release_core
+    from lowdose.plugins.acquisition.pymmcore_plus_hook import release_core
 
     core = CMMCorePlus()
     core.loadSystemConfiguration()  # finds MMConfig_demo.cfg in mm-test-adapters
@@ -43,7 +43,7 @@ def demo_core():
 @pytest.fixture
 def sim_core():
     """``(core, camera)``: a ``UniMMCore`` with the simulated low-light camera, 128x128."""
-    from lowdose.plugins.sim_camera import close_core, make_sim_core
+    from lowdose.plugins.acquisition.sim_camera import close_core, make_sim_core
 
     core, camera = make_sim_core((128, 128), peak_photons=40.0, exposure_ms=2.0, seed=3)
     yield core, camera

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import zarr
 
-from lowdose.daemon import protocol as p
+from lowdose.wire import protocol as p
 from lowdose.daemon.client import DaemonUnreachable, query_status
 from lowdose.daemon.config import load_config
 from lowdose.daemon.server import Daemon, DaemonError
@@ -195,7 +195,7 @@ def test_a_restarted_daemon_resumes_unfinished_runs(tmp_path):
 def test_offline_backfill_restores_and_finalizes(tmp_path):
     from lowdose.daemon.backfill import backfill_store
     from lowdose.daemon.writer import RunStore
-    from lowdose.plugins.identity import IdentityDenoiser
+    from lowdose.plugins.denoisers.identity import IdentityDenoiser
 
     d = Daemon(_cfg(tmp_path, policy="latest", batch_size=1, backfill=False, denoiser_options={"delay_ms": 30}))
     d.start()

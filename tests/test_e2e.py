@@ -23,7 +23,7 @@ import zarr
 from lowdose.daemon.client import wait_run_finished
 from lowdose.daemon.config import load_config
 from lowdose.demo import DaemonProcess
-from lowdose.plugins.pymmcore_plus_hook import PymmcorePlusHook
+from lowdose.plugins.acquisition.pymmcore_plus_hook import PymmcorePlusHook
 
 
 def _write_config(tmp_path: Path, **restore) -> Path:
@@ -176,7 +176,7 @@ def test_slow_model_does_not_slow_the_microscope(tmp_path, demo_core, daemon_fac
 def test_pycromanager_python_backend_through_the_daemon(tmp_path, pycromanager_headless, daemon_factory):
     from pycromanager import Acquisition, multi_d_acquisition_events
 
-    from lowdose.plugins.pycromanager_hook import PycromanagerHook
+    from lowdose.plugins.acquisition.pycromanager_hook import PycromanagerHook
 
     config = _write_config(tmp_path)
     daemon = daemon_factory(config)

@@ -12,9 +12,9 @@ import pytest
 import zarr
 
 from lowdose.daemon.config import load_config
-from lowdose.daemon.protocol import FrameIndex, Start
+from lowdose.wire.protocol import FrameIndex, Start
 from lowdose.daemon.server import Daemon
-from lowdose.plugins.sender import FrameSender
+from lowdose.plugins.acquisition.sender import FrameSender
 
 
 def _cfg(tmp_path, output_dir, **over):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from conftest import frame_pixels
 
-from lowdose.plugins.pycromanager_hook import PycromanagerHook
+from lowdose.plugins.acquisition.pycromanager_hook import PycromanagerHook
 
 
 def test_pycromanager_acquisition_frames_arrive_unchanged_in_order(

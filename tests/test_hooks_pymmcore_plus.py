@@ -6,7 +6,7 @@ import numpy as np
 from conftest import frame_pixels
 from useq import MDASequence
 
-from lowdose.plugins.pymmcore_plus_hook import PymmcorePlusHook
+from lowdose.plugins.acquisition.pymmcore_plus_hook import PymmcorePlusHook
 
 
 class Capture:

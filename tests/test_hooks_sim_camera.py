@@ -8,7 +8,7 @@ from conftest import frame_pixels
 from useq import MDASequence
 
 from lowdose.models.simulate import CameraModel, Specimen, expected_adu
-from lowdose.plugins.pymmcore_plus_hook import PymmcorePlusHook
+from lowdose.plugins.acquisition.pymmcore_plus_hook import PymmcorePlusHook
 
 
 @pytest.mark.parametrize("sequenced", [True, False], ids=["sequenced", "snapped"])

@@ -10,7 +10,7 @@ from lowdose.models import CheckpointError, ModelNotFoundError, available, defau
 from lowdose.models.checkpoint import Checkpoint, save_checkpoint
 from lowdose.models.simulate import held_out_set
 from lowdose.models.unet import FastUNet
-from lowdose.plugins.denoiser import Denoiser
+from lowdose.plugins.denoisers.interface import Denoiser
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

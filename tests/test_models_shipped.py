@@ -6,7 +6,8 @@ import pytest
 from lowdose.models import available, default_live_model, load
 from lowdose.models.metrics import psnr
 from lowdose.models.simulate import CameraModel, held_out_set
-from lowdose.plugins.denoiser import Denoiser, create_denoiser
+from lowdose.plugins.denoisers.interface import Denoiser
+from lowdose.plugins.denoisers.registry import create_denoiser
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

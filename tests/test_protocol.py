@@ -4,7 +4,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from lowdose.daemon import protocol as p
+from lowdose.wire import protocol as p
 
 
 def _frame(**kw):

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from lowdose.daemon.protocol import FrameIndex
+from lowdose.wire.protocol import FrameIndex
 from lowdose.daemon.scheduler import LiveItem, Scheduler
 
 

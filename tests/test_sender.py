@@ -13,9 +13,9 @@ import pytest
 import zmq.auth
 from conftest import FakeDaemon, frame_pixels
 
-from lowdose.daemon.protocol import Start
-from lowdose.plugins.sender import FrameSender, replay_spool
-from lowdose.plugins.spool import Spool
+from lowdose.wire.protocol import Start
+from lowdose.plugins.acquisition.sender import FrameSender, replay_spool
+from lowdose.plugins.acquisition.spool import Spool
 
 SHAPE = (32, 48)
 
@@ -240,9 +240,9 @@ def test_spooled_frames_survive_a_killed_hook_process(hook_cfg_factory, tmp_path
         f"""
         import os, signal, time
         import numpy as np
-        from lowdose.daemon.config import HookConfig
-        from lowdose.daemon.protocol import Start
-        from lowdose.plugins.sender import FrameSender
+        from lowdose.wire.hook_config import HookConfig
+        from lowdose.wire.protocol import Start
+        from lowdose.plugins.acquisition.sender import FrameSender
         cfg = HookConfig.model_validate_json({cfg.model_dump_json()!r})
         s = FrameSender(cfg, Start(run="run-crash", shape={SHAPE}, dtype="uint16"))
         s.start()
@@ -318,8 +318,8 @@ def test_window_limits_frames_in_flight(hook_cfg_factory, window):
 
 
 def test_fast_frame_header_decodes_to_the_validated_model(hook_cfg_factory):
-    from lowdose.daemon.protocol import TAG, decode
-    from lowdose.plugins.sender import _fast_frame_header, _Item
+    from lowdose.wire.protocol import TAG, decode
+    from lowdose.plugins.acquisition.sender import _fast_frame_header, _Item
 
     sender = FrameSender(hook_cfg_factory("tcp://127.0.0.1:1"), _start("run-h"))
     pixels = _frame(1)

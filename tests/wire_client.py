@@ -7,7 +7,7 @@ import uuid
 import numpy as np
 import zmq
 
-from lowdose.daemon import protocol as p
+from lowdose.wire import protocol as p
 
 
 class WireClient:

@@ -13,7 +13,7 @@ from skimage.restoration import denoise_nl_means
 
 from lowdose import __version__
 
-from .denoiser import BaseDenoiser, DenoiserInfo
+from .interface import BaseDenoiser, DenoiserInfo
 from .noise_model import anscombe, estimate_noise_params, inverse_anscombe
 
 

@@ -1,4 +1,4 @@
-"""Denoiser plug-ins backed by lowdose's learned models (``unet``, ``n2v``, ``ddpm``).
+"""Denoiser plug-ins backed by lowdose's learned models (``unet``, ``n2v``, ``ddpm``, ``auto``).
 
 Registered in the ``lowdose.denoisers`` entry-point group; ``config.yaml``
 selects one with ``restore.denoiser`` and passes ``restore.denoiser_options``
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lowdose.plugins.denoiser import Denoiser
+from lowdose.plugins.denoisers.interface import Denoiser
 
 
 def _load(default: str, device: str, weights: str | None, options: dict[str, Any]) -> Denoiser:
@@ -37,3 +37,23 @@ def ddpm(
     return _load(
         "ddpm", device, weights, {"samples": samples, "sampler": sampler, "steps": steps, "seed": seed, **options}
     )
+
+
+def resolve_auto(device: str) -> str:
+    """The best shipped model that keeps up live on ``device``; the classical one without models."""
+    from lowdose.plugins.denoisers.registry import available_denoisers
+
+    try:
+        from .registry import default_live_model
+
+        name = default_live_model(device)
+    except Exception:  # no torch or no weights: still a working service
+        return "classical"
+    return name if name in available_denoisers() else "classical"
+
+
+def auto(device: str = "auto", **options: Any) -> Denoiser:
+    """Whatever :func:`resolve_auto` picks, built with ``options``; its ``info`` names the real model."""
+    from lowdose.plugins.denoisers.registry import create_denoiser
+
+    return create_denoiser(resolve_auto(device), options, device=device)

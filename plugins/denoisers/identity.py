@@ -12,7 +12,7 @@ import numpy as np
 
 from lowdose import __version__
 
-from .denoiser import DenoiserInfo, Restoration, check_frames
+from .interface import DenoiserInfo, Restoration, check_frames
 
 
 class IdentityDenoiser:

@@ -3,7 +3,7 @@
 A run's spool is a directory ``<spool_dir>/<run id>/`` holding
 
 * ``start.msgpack`` -- the run's encoded ``Start`` header, so the run can be
-  announced again by a later process (:func:`lowdose.plugins.sender.replay_spool`);
+  announced again by a later process (:func:`lowdose.plugins.acquisition.sender.replay_spool`);
 * ``<seq>.frame``   -- one frame each: ``MAGIC``, a little-endian u32 header
   length, the encoded ``Frame`` header (msgpack, as on the wire), the pixels;
 * ``end.msgpack``   -- the ``End`` header, when the run ended with frames still here;
@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lowdose.daemon.protocol import TAG, End, Frame, ProtocolError, Start, decode
+from lowdose.wire.durable import fsync_dir, write_file
+from lowdose.wire.protocol import TAG, End, Frame, ProtocolError, Start, decode
 
 MAGIC = b"LDSPOOL1"
 _LEN = struct.Struct("<I")
@@ -150,16 +151,9 @@ class Spool:
 
     def _write_atomic(self, path: Path, chunks: tuple[Any, ...]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "wb") as f:
-            for chunk in chunks:
-                f.write(chunk)
-            if self.fsync:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_file(path, chunks, fsync=self.fsync)
         if self.fsync:
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent, strict=False)
 
 
 def read_frame_file(path: str | os.PathLike[str]) -> SpooledFrame:
@@ -201,17 +195,3 @@ def _decode_header(path: Path) -> Any:
     except (OSError, ProtocolError) as exc:
         raise SpoolError(f"{path}: {exc}") from None
     return msg
-
-
-def _fsync_dir(path: Path) -> None:
-    # Makes the rename itself durable; not possible on Windows, where it is not needed.
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
