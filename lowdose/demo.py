@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -128,17 +128,50 @@ def _resolve_denoiser(name: str) -> str:
     return resolve_auto(resolve_device("auto"))
 
 
-def run_demo(opts: DemoOptions, console: Console | None = None) -> DemoResult:
-    import useq
-    import zarr
+@dataclass
+class _Acquired:
+    """What the acquisition side saw: arrival times and which simulated exposure each t is."""
 
-    from lowdose.daemon.client import wait_run_finished
-    from lowdose.daemon.config import load_config
-    from lowdose.plugins.acquisition.pymmcore_plus_hook import PymmcorePlusHook
+    stamps: list[float] = field(default_factory=list)
+    sim_frames: dict[int, int] = field(default_factory=dict)
+
+
+def run_demo(opts: DemoOptions, console: Console | None = None) -> DemoResult:
     from lowdose.plugins.acquisition.sim_camera import close_core, make_sim_core
-    from lowdose.models.metrics import psnr
 
     console = console or Console()
+    store_path = _fresh_store_path(opts)
+    denoiser = _resolve_denoiser(opts.denoiser)
+    work = Path(tempfile.mkdtemp(prefix="lowdose-demo-"))
+    config_path, cfg = _demo_config(work, store_path.parent, denoiser, opts.policy)
+
+    console.print(f"[bold]lowdose demo[/bold]: {opts.frames} frames of {opts.size}x{opts.size}, "
+                  f"{opts.peak_photons:g} photons/pixel at the brightest, denoiser [bold]{denoiser}[/bold], "
+                  f"policy {opts.policy}")
+    daemon = DaemonProcess(config_path, work / "daemon.log", cfg.hook.endpoint)
+    atexit.register(daemon.stop)
+    core = None
+    try:
+        with console.status("starting the daemon (loading the model)…"):
+            daemon.wait_ready()
+            core, camera = make_sim_core(
+                (opts.size, opts.size), peak_photons=opts.peak_photons, offset=opts.offset, gain=opts.gain,
+                read_noise=opts.read_noise, seed=opts.seed, exposure_ms=opts.exposure_ms,
+            )
+        atexit.register(close_core, core)
+        acquired, report, run_status = _acquire_and_restore(core, camera, cfg, store_path, opts, console, daemon)
+    finally:
+        code = daemon.stop()
+        if core is not None:
+            close_core(core)
+    if code != 0:
+        console.print(f"[yellow]the daemon exited with {code}; log: {daemon.log_path}[/yellow]")
+    result = _score(store_path, acquired, camera, opts, denoiser, run_status)
+    _print_summary(console, result, run_status, report)
+    return result
+
+
+def _fresh_store_path(opts: DemoOptions) -> Path:
     output_dir, run_id = _store_paths(opts.output)
     store_path = output_dir / f"{run_id}{STORE_SUFFIX}"
     if store_path.exists():
@@ -148,83 +181,74 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> DemoResult:
 
         shutil.rmtree(store_path)
     output_dir.mkdir(parents=True, exist_ok=True)
-    denoiser = _resolve_denoiser(opts.denoiser)
+    return store_path
 
-    work = Path(tempfile.mkdtemp(prefix="lowdose-demo-"))
+
+def _demo_config(work: Path, output_dir: Path, denoiser: str, policy: str):
+    """A config.yaml for a private daemon on ipc:// sockets in ``work`` (no port to collide with)."""
+    from lowdose.daemon.config import load_config
+
     endpoint = f"ipc://{work}/daemon.sock"
     config = {
         "server": {"endpoints": [endpoint], "preview_endpoint": f"ipc://{work}/preview.sock"},
         "storage": {"output_dir": str(output_dir)},
-        "restore": {"denoiser": denoiser, "policy": opts.policy},
+        "restore": {"denoiser": denoiser, "policy": policy},
         "hook": {"endpoint": endpoint, "spool_dir": str(work / "spool")},
     }
     config_path = work / "config.yaml"
     config_path.write_text(yaml.safe_dump(config))
-    cfg = load_config(config_path)
+    return config_path, load_config(config_path)
 
-    console.print(f"[bold]lowdose demo[/bold]: {opts.frames} frames of {opts.size}x{opts.size}, "
-                  f"{opts.peak_photons:g} photons/pixel at the brightest, denoiser [bold]{denoiser}[/bold], "
-                  f"policy {opts.policy}")
-    daemon = DaemonProcess(config_path, work / "daemon.log", endpoint)
-    atexit.register(daemon.stop)
-    core = None
-    try:
-        with console.status("starting the daemon (loading the model)…"):
-            daemon.wait_ready()
-            core, camera = make_sim_core(
-                (opts.size, opts.size),
-                peak_photons=opts.peak_photons,
-                offset=opts.offset,
-                gain=opts.gain,
-                read_noise=opts.read_noise,
-                seed=opts.seed,
-                exposure_ms=opts.exposure_ms,
-            )
-        atexit.register(close_core, core)
-        sim_frames: dict[int, int] = {}
-        stamps: list[float] = []
 
-        hook = PymmcorePlusHook(
-            cfg.hook,
-            run=run_id,
-            instrument="lowdose demo (simulated low-light camera)",
-            camera_offset=opts.offset,
-            camera_gain=opts.gain,
-        )
-        sequence = useq.MDASequence(time_plan={"interval": opts.interval_ms / 1000.0, "loops": opts.frames})
+def _acquire_and_restore(core, camera, cfg, store_path: Path, opts: DemoOptions, console: Console,
+                         daemon: DaemonProcess):
+    """Run the MDA with the hook attached, then wait until the daemon has restored every frame."""
+    import useq
 
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=console) as progress:
-            acq = progress.add_task("acquiring", total=opts.frames)
+    from lowdose.daemon.client import wait_run_finished
+    from lowdose.plugins.acquisition.pymmcore_plus_hook import PymmcorePlusHook
 
-            def on_frame(img, event, meta):
-                stamps.append(time.perf_counter())
-                sim_frames[event.index.get("t", 0)] = _sim_frame_number(meta, camera)
-                progress.advance(acq)
+    run_id = store_path.name[: -len(STORE_SUFFIX)]
+    acquired = _Acquired()
+    hook = PymmcorePlusHook(cfg.hook, run=run_id, instrument="lowdose demo (simulated low-light camera)",
+                            camera_offset=opts.offset, camera_gain=opts.gain)
+    sequence = useq.MDASequence(time_plan={"interval": opts.interval_ms / 1000.0, "loops": opts.frames})
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console) as progress:
+        acq = progress.add_task("acquiring", total=opts.frames)
 
-            core.mda.events.frameReady.connect(on_frame)
-            core.mda.run(sequence, output=hook)
-            core.mda.events.frameReady.disconnect(on_frame)
-            report = hook.report()
-            rest = progress.add_task("restoring (live + backfill)", total=opts.frames)
+        def on_frame(img, event, meta):
+            acquired.stamps.append(time.perf_counter())
+            acquired.sim_frames[event.index.get("t", 0)] = _sim_frame_number(meta, camera)
+            progress.advance(acq)
 
-            def show(run_status: dict) -> None:
-                done = run_status["frames_restored_live"] + run_status["frames_restored_backfill"]
-                progress.update(rest, completed=min(done, opts.frames))
+        core.mda.events.frameReady.connect(on_frame)
+        core.mda.run(sequence, output=hook)
+        core.mda.events.frameReady.disconnect(on_frame)
+        report = hook.report()
+        rest = progress.add_task("restoring (live + backfill)", total=opts.frames)
 
-            try:
-                run_status = wait_run_finished(endpoint, run_id, max(600.0, opts.frames * 5.0), on_status=show)
-            except TimeoutError as exc:
-                raise RuntimeError(f"{exc}; daemon log:\n{daemon.log_tail()}") from None
-    finally:
-        code = daemon.stop()
-        if core is not None:
-            close_core(core)
-    if code != 0:
-        console.print(f"[yellow]the daemon exited with {code}; log: {daemon.log_path}[/yellow]")
+        def show(run_status: dict) -> None:
+            done = run_status["frames_restored_live"] + run_status["frames_restored_backfill"]
+            progress.update(rest, completed=min(done, opts.frames))
+
+        try:
+            run_status = wait_run_finished(cfg.hook.endpoint, run_id, max(600.0, opts.frames * 5.0), on_status=show)
+        except TimeoutError as exc:
+            raise RuntimeError(f"{exc}; daemon log:\n{daemon.log_tail()}") from None
+    return acquired, report, run_status
+
+
+def _score(store_path: Path, acquired: _Acquired, camera, opts: DemoOptions, denoiser: str,
+           run_status: dict) -> DemoResult:
+    """PSNR of raw and restored against the simulator's noise-free frames, and the picture."""
+    import zarr
+
+    from lowdose.models.metrics import psnr
 
     root = zarr.open_group(str(store_path), mode="r")
     raw, restored = root["raw/0"], root["restored/0"]
+    stamps, sim_frames = acquired.stamps, acquired.sim_frames
     acquisition_fps = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 else float("nan")
     ts = sorted(sim_frames)
     sample = ts if len(ts) <= 100 else [ts[i] for i in np.linspace(0, len(ts) - 1, 100).astype(int)]
@@ -235,13 +259,13 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> DemoResult:
         p_raw.append(psnr(truth, raw[t, 0, 0], data_range))
         p_res.append(psnr(truth, restored[t, 0, 0], data_range))
     t_show = ts[len(ts) // 2]
-    picture = output_dir / f"{run_id}.png"
+    picture = store_path.parent / f"{store_path.name[: -len(STORE_SUFFIX)]}.png"
     save_side_by_side(
         picture,
         [raw[t_show, 0, 0], restored[t_show, 0, 0], camera.expected_adu_for(sim_frames[t_show])],
         ["raw (low dose)", f"restored ({denoiser})", "truth (noise-free)"],
     )
-    result = DemoResult(
+    return DemoResult(
         store=store_path,
         picture=picture,
         frames_acquired=len(stamps),
@@ -254,8 +278,6 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> DemoResult:
         psnr_restored_db=float(np.mean(p_res)),
         denoiser=denoiser,
     )
-    _print_summary(console, result, run_status, report)
-    return result
 
 
 def _print_summary(console: Console, r: DemoResult, run_status: dict, report) -> None:

@@ -204,85 +204,52 @@ def _jsonable(cfg: TrainConfig) -> dict[str, Any]:
     return jsonable(asdict(cfg))
 
 
+@dataclass
+class _Session:
+    """One training process: the networks, the data, and how far training has come."""
+
+    net: nn.Module
+    ema: nn.Module
+    opt: torch.optim.Optimizer
+    obj: _Objective
+    source: Source
+    val: Batch
+    spec: normalize.NormSpec
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    arch: dict[str, Any]
+    finetuned_from: str | None
+    history: list[dict[str, float]] = field(default_factory=list)
+    start_epoch: int = 0
+    step: int = 0
+    best: float = -float("inf")
+
+
 def main_train(cfg: TrainConfig, on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> Path:
     """Train (or resume / fine-tune) a model; returns the path of the best checkpoint.
 
     Writes ``out_dir/last.pt`` (resumable, with optimizer state) after every
     epoch and ``out_dir/best.pt`` (EMA weights, best validation score).
     """
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    from .engine import torch_device
+    from rich.console import Console
 
-    device = torch_device(cfg.device)
-    amp_dtype = _autocast_dtype(cfg.amp, device)  # first: a bad value fails before any data is loaded
-    torch.manual_seed(cfg.seed)
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    spec = normalize.NormSpec()
-    net, arch, finetuned_from = _init_model(cfg)  # first: a bad base model fails before data loading
-    source, val = _sources(cfg)
-    net = net.to(device).train()
-    ema = copy.deepcopy(net).eval()
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
-    obj = _Objective(cfg.model, cfg.prediction, cfg.seed)
-    history: list[dict[str, float]] = []
-    start_epoch, step, best = 0, 0, -float("inf")
-    last = out_dir / "last.pt"
-    if cfg.resume:
-        ck = load_checkpoint(last)
-        if ck.optimizer is None:
-            raise CheckpointError(f"{last} has no optimizer state; it cannot be resumed")
-        net.load_state_dict(ck.optimizer["raw_state"])
-        ema.load_state_dict(ck.state_dict)
-        opt.load_state_dict(ck.optimizer["optim"])
-        start_epoch, step = int(ck.training["epoch"]), int(ck.training["step"])
-        history = list(ck.metrics.get("history", []))
-        best = float(ck.metrics.get("best_score", best))
-        arch = ck.arch
-    rng = np.random.default_rng(cfg.seed + 1000 * start_epoch)
-    total = cfg.epochs * cfg.steps_per_epoch
+    run = _start_session(cfg, out_dir / "last.pt")
+    rng = np.random.default_rng(cfg.seed + 1000 * run.start_epoch)
     t0 = time.time()
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     console = Console(stderr=True)
-    for epoch in range(start_epoch, cfg.epochs):
-        losses: list[float] = []
-        progress = Progress(
-            TextColumn(f"{cfg.model} epoch {epoch + 1}/{cfg.epochs}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn(), console=console,
-            disable=not cfg.progress, transient=True,
-        )
-        with progress:
-            task = progress.add_task("train", total=cfg.steps_per_epoch, loss="-")
-            for _ in range(cfg.steps_per_epoch):
-                loss_value = _train_step(cfg, obj, net, ema, opt, source, rng, spec, step, total, device, amp_dtype)
-                step += 1
-                losses.append(loss_value)
-                progress.update(task, advance=1, loss=f"{np.mean(losses[-50:]):.4g}")
-        scores = _validate(obj, ema, val, spec, device)
-        scores.update(epoch=epoch + 1, step=step, train_loss=float(np.mean(losses)), minutes=(time.time() - t0) / 60)
-        history.append(scores)
+    for epoch in range(run.start_epoch, cfg.epochs):
+        losses = _train_epoch(cfg, run, rng, epoch, console)
+        scores = _validate(run.obj, run.ema, run.val, run.spec, run.device)
+        scores.update(epoch=epoch + 1, step=run.step, train_loss=float(np.mean(losses)),
+                      minutes=(time.time() - t0) / 60)
+        run.history.append(scores)
         score = scores.get("val_psnr", -scores["val_loss"])
-        ckpt = Checkpoint(
-            kind=cfg.model, arch=arch, state_dict={k: v.detach().cpu().clone() for k, v in ema.state_dict().items()},
-            normalisation=spec.to_dict(),
-            noise_model={"type": "poisson-gaussian", "units": "ADU", **(
-                source.summary() if cfg.simulate else {"offset": getattr(source, "offset", None), "gain": getattr(source, "gain", None)}
-            )},
-            diffusion={"steps": 200, "schedule": "cosine", "prediction": cfg.prediction} if cfg.model == "ddpm" else {},
-            data={**source.summary(), "crop": cfg.crop, "val_size": cfg.val_size},
-            metrics={"history": history, "best_score": max(best, score), "last": scores,
-                     "parameters": count_parameters(net)},
-            training={"epoch": epoch + 1, "step": step, "config": _jsonable(cfg), "recipe": cfg.recipe,
-                      "finetuned_from": finetuned_from},
-            lowdose_version=lowdose_version(),
-            optimizer={"optim": opt.state_dict(), "raw_state": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}},
-        )
-        save_checkpoint(ckpt, last)
-        if score > best:
-            best = score
+        ckpt = _checkpoint(cfg, run, epoch, scores, best_score=max(run.best, score))
+        save_checkpoint(ckpt, out_dir / "last.pt")
+        if score > run.best:
+            run.best = score
             save_checkpoint(ckpt, out_dir / "best.pt", with_optimizer=False)
         msg = ", ".join(f"{k}={v:.4g}" for k, v in scores.items() if isinstance(v, float))
         if cfg.progress:
@@ -295,6 +262,79 @@ def main_train(cfg: TrainConfig, on_epoch: Callable[[int, dict[str, float]], Non
                               f"(max_minutes={cfg.max_minutes}); continue with resume")
             break
     return out_dir / "best.pt"
+
+
+def _start_session(cfg: TrainConfig, last: Path) -> _Session:
+    """Build (or resume from ``last``) everything a run needs, failing early on bad settings."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    from .engine import torch_device
+
+    device = torch_device(cfg.device)
+    amp_dtype = _autocast_dtype(cfg.amp, device)  # first: a bad value fails before any data is loaded
+    torch.manual_seed(cfg.seed)
+    net, arch, finetuned_from = _init_model(cfg)  # first: a bad base model fails before data loading
+    source, val = _sources(cfg)
+    net = net.to(device).train()
+    ema = copy.deepcopy(net).eval()
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
+    run = _Session(net=net, ema=ema, opt=opt, obj=_Objective(cfg.model, cfg.prediction, cfg.seed), source=source,
+                   val=val, spec=normalize.NormSpec(), device=device, amp_dtype=amp_dtype, arch=arch,
+                   finetuned_from=finetuned_from)
+    if cfg.resume:
+        ck = load_checkpoint(last)
+        if ck.optimizer is None:
+            raise CheckpointError(f"{last} has no optimizer state; it cannot be resumed")
+        net.load_state_dict(ck.optimizer["raw_state"])
+        ema.load_state_dict(ck.state_dict)
+        opt.load_state_dict(ck.optimizer["optim"])
+        run.start_epoch, run.step = int(ck.training["epoch"]), int(ck.training["step"])
+        run.history = list(ck.metrics.get("history", []))
+        run.best = float(ck.metrics.get("best_score", run.best))
+        run.arch = ck.arch
+    return run
+
+
+def _train_epoch(cfg: TrainConfig, run: _Session, rng: np.random.Generator, epoch: int, console: Any) -> list[float]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    total = cfg.epochs * cfg.steps_per_epoch
+    losses: list[float] = []
+    progress = Progress(
+        TextColumn(f"{cfg.model} epoch {epoch + 1}/{cfg.epochs}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn(), console=console,
+        disable=not cfg.progress, transient=True,
+    )
+    with progress:
+        task = progress.add_task("train", total=cfg.steps_per_epoch, loss="-")
+        for _ in range(cfg.steps_per_epoch):
+            loss_value = _train_step(cfg, run.obj, run.net, run.ema, run.opt, run.source, rng, run.spec, run.step,
+                                     total, run.device, run.amp_dtype)
+            run.step += 1
+            losses.append(loss_value)
+            progress.update(task, advance=1, loss=f"{np.mean(losses[-50:]):.4g}")
+    return losses
+
+
+def _checkpoint(cfg: TrainConfig, run: _Session, epoch: int, scores: dict[str, float], best_score: float) -> Checkpoint:
+    source = run.source
+    noise = source.summary() if cfg.simulate else {"offset": getattr(source, "offset", None),
+                                                   "gain": getattr(source, "gain", None)}
+    return Checkpoint(
+        kind=cfg.model, arch=run.arch,
+        state_dict={k: v.detach().cpu().clone() for k, v in run.ema.state_dict().items()},
+        normalisation=run.spec.to_dict(),
+        noise_model={"type": "poisson-gaussian", "units": "ADU", **noise},
+        diffusion={"steps": 200, "schedule": "cosine", "prediction": cfg.prediction} if cfg.model == "ddpm" else {},
+        data={**source.summary(), "crop": cfg.crop, "val_size": cfg.val_size},
+        metrics={"history": run.history, "best_score": best_score, "last": scores,
+                 "parameters": count_parameters(run.net)},
+        training={"epoch": epoch + 1, "step": run.step, "config": _jsonable(cfg), "recipe": cfg.recipe,
+                  "finetuned_from": run.finetuned_from},
+        lowdose_version=lowdose_version(),
+        optimizer={"optim": run.opt.state_dict(),
+                   "raw_state": {k: v.detach().cpu().clone() for k, v in run.net.state_dict().items()}},
+    )
 
 
 # --------------------------------------------------------------------------- recipes
