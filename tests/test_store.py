@@ -548,3 +548,21 @@ def test_raw_seq_ranges_match_the_stored_seqs(tmp_path: Path) -> None:
     assert store.raw_seq_ranges() == [(0, 2), (5, 5), (7, 8), (40, 40)]
     assert store.raw_seq_ranges() == ranges_from_seqs(sorted(store.raw_seqs()))
     store.close()
+
+
+def test_run_store_implements_the_store_interface(tmp_path: Path) -> None:
+    import inspect
+
+    from lowdose.daemon.store import Store
+
+    members = [n for n, v in vars(Store).items() if callable(v) or isinstance(v, (classmethod, staticmethod))]
+    members = [n for n in members if not n.startswith("_") or n in ("__enter__", "__exit__")]
+    assert {"open", "reopen", "read_state", "write_raw", "write_restored", "finalize", "close"} <= set(members)
+    for name in members:
+        want = inspect.signature(getattr(Store, name))
+        got = inspect.signature(getattr(RunStore, name))
+        assert list(got.parameters) == list(want.parameters), name
+    store = RunStore.open(tmp_path, make_start(), cfg(fsync=False), VERSION)
+    for attr in Store.__annotations__:
+        assert hasattr(store, attr), attr
+    store.close()
