@@ -1,8 +1,8 @@
 """What a run store adds at the end of a run: contrast windows from real data, per-frame tables, a summary.
 
 Finalizing is repeatable (after a backfill, say): each step rewrites its output from the index and the
-record logs. The facade holds both write locks meanwhile; these functions take the state lock only to
-read the index, never across the file reads and writes.
+record logs. The facade holds both write locks meanwhile; these functions take the state lock around the
+index and the windows only, never across the file reads and writes.
 """
 
 from __future__ import annotations
