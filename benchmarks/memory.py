@@ -89,7 +89,7 @@ def main() -> None:
 def store_only(n: int, batch: int = 50, warmup: int = 2000) -> None:
     from lowdose.daemon.config import StorageConfig
     from lowdose.wire.protocol import End, Frame, FrameIndex, Start
-    from lowdose.daemon.writer import RunStore
+    from lowdose.daemon.store import RunStore
     from lowdose.plugins.denoisers.interface import DenoiserInfo
 
     # RAM-backed where possible: this measures bookkeeping, and deleting 10^5 chunk files on a busy disk takes minutes

@@ -24,7 +24,7 @@ import numpy as np
 
 from lowdose.daemon.config import StorageConfig
 from lowdose.wire.protocol import Frame, FrameIndex, Start
-from lowdose.daemon.writer import RunStore
+from lowdose.daemon.store import RunStore
 
 SHAPE = (2048, 2048)
 

@@ -18,7 +18,7 @@ from lowdose.plugins.denoisers.interface import Denoiser
 
 from .config import StorageConfig
 from lowdose.wire.protocol import End
-from .writer import RunStore
+from .store import RunStore
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from .metrics import LagTracker, RunCounters
 from lowdose.wire.protocol import End, Start
 
 if TYPE_CHECKING:
-    from .writer import RunStore
+    from .store import RunStore
 
 
 @dataclass

@@ -47,7 +47,7 @@ from .restore_loop import RestoreLoop
 from .runs import RunRegistry, RunState
 from .scheduler import Scheduler
 from .write_loop import EndReceived, Received, WriteLoop
-from .writer import RunStore, StoreError
+from .store import RunStore, StoreError
 
 log = logging.getLogger("lowdose.daemon")
 

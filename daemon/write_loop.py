@@ -23,7 +23,7 @@ from .outbox import OutboxWriter
 from lowdose.wire.protocol import Ack, End, Error, Frame, ranges_from_seqs
 from .runs import RunRegistry, RunState
 from .scheduler import LiveItem, Scheduler
-from .writer import StoreError
+from .store import StoreError
 
 log = logging.getLogger("lowdose.daemon.write")
 

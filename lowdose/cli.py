@@ -157,7 +157,7 @@ def backfill(
 
     from lowdose.daemon.backfill import backfill_store
     from lowdose.plugins.denoisers.registry import resolve_device
-    from lowdose.daemon.writer import StoreError
+    from lowdose.daemon.store import StoreError
     from lowdose.plugins.denoisers.interface import DenoiserError
     from lowdose.plugins.denoisers.registry import create_denoiser
 

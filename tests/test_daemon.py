@@ -174,7 +174,7 @@ def test_a_restarted_daemon_resumes_unfinished_runs(tmp_path):
     d.stop()
     assert d.runs.get("run-orphan").store.unrestored()  # the first daemon left work behind
     store = tmp_path / "data" / "run-orphan.ome.zarr"
-    from lowdose.daemon.writer import RunStore
+    from lowdose.daemon.store import RunStore
 
     # second daemon, same output folder: it finds the run and restores the rest by itself
     d2 = Daemon(_cfg(tmp_path, policy="fifo"))
@@ -194,7 +194,7 @@ def test_a_restarted_daemon_resumes_unfinished_runs(tmp_path):
 
 def test_offline_backfill_restores_and_finalizes(tmp_path):
     from lowdose.daemon.backfill import backfill_store
-    from lowdose.daemon.writer import RunStore
+    from lowdose.daemon.store import RunStore
     from lowdose.plugins.denoisers.identity import IdentityDenoiser
 
     d = Daemon(_cfg(tmp_path, policy="latest", batch_size=1, backfill=False, denoiser_options={"delay_ms": 30}))

@@ -1,4 +1,4 @@
-"""The per-run OME-Zarr store (lowdose.daemon.writer): real stores on disk, read back with real readers."""
+"""The per-run OME-Zarr store (lowdose.daemon.store): real stores on disk, read back with real readers."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import zarr
 
-from lowdose.daemon import writer as writer_mod
+from lowdose.daemon.store import chunks as chunks_mod
 from lowdose.daemon.config import StorageConfig
 from lowdose.wire.protocol import End, Frame, FrameIndex, Start, ranges_from_seqs
-from lowdose.daemon.writer import FrameNotStored, RunStore, StoreError
+from lowdose.daemon.store import FrameNotStored, RunStore, StoreError
 from lowdose.plugins.denoisers.interface import DenoiserInfo
 
 Y, X = 24, 40
@@ -326,18 +326,18 @@ def test_unwritable_output_dir_raises_store_error(tmp_path: Path) -> None:
 def test_disk_full_raises_store_error_and_frame_is_not_acknowledged(tmp_path: Path, monkeypatch) -> None:
     store = RunStore.open(tmp_path, make_start(), cfg(), VERSION)
     store.write_raw([frame(0, t=0)])
-    real = writer_mod.write_file
+    real = chunks_mod.write_file
 
     def full(path, data, *, fsync, atomic=True):
         if "/c/" in str(path):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
         return real(path, data, fsync=fsync, atomic=atomic)
 
-    monkeypatch.setattr(writer_mod, "write_file", full)
+    monkeypatch.setattr(chunks_mod, "write_file", full)
     with pytest.raises(StoreError, match="disk is full"):
         store.write_raw([frame(1, t=1)])
     assert store.raw_seqs() == {0} and not store.has_seq(1) and store.raw_count() == 1
-    monkeypatch.setattr(writer_mod, "write_file", real)
+    monkeypatch.setattr(chunks_mod, "write_file", real)
     assert store.write_raw([frame(1, t=1)]) == [1]  # the resend succeeds once there is space
     assert published(store).shape[0] == 2
     store.close()
@@ -547,4 +547,22 @@ def test_raw_seq_ranges_match_the_stored_seqs(tmp_path: Path) -> None:
     store.write_raw([frame(s, t=s) for s in seqs])
     assert store.raw_seq_ranges() == [(0, 2), (5, 5), (7, 8), (40, 40)]
     assert store.raw_seq_ranges() == ranges_from_seqs(sorted(store.raw_seqs()))
+    store.close()
+
+
+def test_run_store_implements_the_store_interface(tmp_path: Path) -> None:
+    import inspect
+
+    from lowdose.daemon.store import Store
+
+    members = [n for n, v in vars(Store).items() if callable(v) or isinstance(v, (classmethod, staticmethod))]
+    members = [n for n in members if not n.startswith("_") or n in ("__enter__", "__exit__")]
+    assert {"open", "reopen", "read_state", "write_raw", "write_restored", "finalize", "close"} <= set(members)
+    for name in members:
+        want = inspect.signature(getattr(Store, name))
+        got = inspect.signature(getattr(RunStore, name))
+        assert list(got.parameters) == list(want.parameters), name
+    store = RunStore.open(tmp_path, make_start(), cfg(fsync=False), VERSION)
+    for attr in Store.__annotations__:
+        assert hasattr(store, attr), attr
     store.close()

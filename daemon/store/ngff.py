@@ -1,7 +1,7 @@
 """OME-NGFF 0.5 metadata for the per-run store: plain dicts, no I/O.
 
-The run store (:mod:`lowdose.daemon.writer`) writes these dicts into the
-``attributes`` of each image group's ``zarr.json``. Everything here is pure so
+The run store's layout (:mod:`lowdose.daemon.store.layout`) writes these dicts into
+the ``attributes`` of each image group's ``zarr.json``. Everything here is pure so
 that it can be unit-tested and validated (``ome-zarr-models``, ``yaozarrs``)
 without touching a disk.
 
