@@ -18,6 +18,8 @@ from pydantic import Field, ValidationError, field_validator
 
 from lowdose.wire.hook_config import ConfigSection, HookConfig, check_endpoint
 
+from .store.config import StorageConfig
+
 
 class ConfigError(ValueError):
     """The configuration cannot be used; the message names the key and the fix."""
@@ -51,15 +53,6 @@ class ServerConfig(ConfigSection):
     @classmethod
     def _preview(cls, v: str | None) -> str | None:
         return None if v is None else check_endpoint(v)
-
-
-class StorageConfig(ConfigSection):
-    output_dir: Path = Path("lowdose-data")
-    compression: Literal["lz4", "zstd", "none"] = "lz4"
-    compression_level: int = Field(1, ge=0, le=22)
-    fsync: bool = True
-    restored_dtype: Literal["input", "float32"] = "input"
-    write_queue_frames: int = Field(64, ge=1)
 
 
 class RestoreConfig(ConfigSection):

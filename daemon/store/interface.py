@@ -18,7 +18,7 @@ from lowdose.plugins.denoisers.interface import DenoiserInfo
 from lowdose.wire.protocol import End, Frame, FrameIndex, Start
 
 if TYPE_CHECKING:
-    from lowdose.daemon.config import StorageConfig
+    from .config import StorageConfig
 
 __all__ = ["Store", "StoreError", "FrameNotStored", "store_error"]
 

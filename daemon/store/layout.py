@@ -31,7 +31,7 @@ from .index import KIND_RAW, KIND_RESTORED, KIND_UNCERTAINTY, STATUS_CODES, RunI
 from .interface import StoreError
 
 if TYPE_CHECKING:
-    from lowdose.daemon.config import StorageConfig
+    from .config import StorageConfig
 
 
 def write_json(path: Path, obj: Any, fsync: bool = False) -> None:

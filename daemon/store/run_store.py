@@ -14,7 +14,7 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 
-from lowdose.daemon.config import StorageConfig
+from .config import StorageConfig
 from lowdose.plugins.denoisers.interface import DenoiserInfo
 from lowdose.wire.durable import fsync_dir
 from lowdose.wire.protocol import End, Frame, FrameIndex, Start
