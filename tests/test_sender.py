@@ -14,7 +14,7 @@ import zmq.auth
 from conftest import FakeDaemon, frame_pixels
 
 from lowdose.wire.protocol import Start
-from lowdose.plugins.acquisition.sender import FrameSender, replay_spool
+from lowdose.plugins.acquisition.sender import FrameSender, SenderPhase, replay_spool
 from lowdose.plugins.acquisition.spool import Spool
 
 SHAPE = (32, 48)
@@ -56,7 +56,7 @@ def test_frames_arrive_once_in_order_and_are_dropped_when_acked(fake_daemon, hoo
     c = report.counters
     assert (c.queued, c.sent, c.acked, c.resent, c.spooled, c.in_memory_bytes) == (200, 200, 200, 0, 0, 0)
     # bookkeeping ends with the unacked frames: nothing per frame survives its ack (a long run stays flat)
-    assert len(sender._st.unacked) == 0 and len(sender._st.mem_order) == 0
+    assert len(sender._ledger.unacked) == 0 and len(sender._ledger.mem_order) == 0
     assert c.daemon_alive and c.last_ack_time is not None
     assert not (cfg.spool_dir / "run-a").exists()
     # one identity per connection incarnation, and the DEALER stayed within its window
@@ -317,26 +317,6 @@ def test_window_limits_frames_in_flight(hook_cfg_factory, window):
     assert Spool(cfg.spool_dir, f"run-w{window}").seqs() == list(range(20))
 
 
-def test_fast_frame_header_decodes_to_the_validated_model(hook_cfg_factory):
-    from lowdose.wire.protocol import TAG, decode
-    from lowdose.plugins.acquisition.sender import _fast_frame_header, _Item
-
-    sender = FrameSender(hook_cfg_factory("tcp://127.0.0.1:1"), _start("run-h"))
-    pixels = _frame(1)
-    item = _Item(7, pixels, {"t": 3, "c": 1}, 1.5, 2.0, 5.0, {"a": [1, 2], "b": {"c": "d"}})
-    fast = _fast_frame_header("run-h", item)
-    assert fast is not None
-    msg_fast, _ = decode([TAG, fast, pixels.tobytes()])
-    msg_slow, _ = decode([TAG, sender._frame_header_validated(item), pixels.tobytes()])
-    assert msg_fast == msg_slow and msg_fast.index.c == 1 and msg_fast.seq == 7
-    # anything unusual takes the validated path
-    assert _fast_frame_header("run-h", _Item(0, pixels, {"t": -1}, 0, None, None, None)) is None
-    assert _fast_frame_header("run-h", _Item(0, pixels.astype(np.uint64), None, 0, None, None, None)) is None
-    # metadata msgpack cannot carry is stringified, not fatal
-    odd = _fast_frame_header("run-h", _Item(0, pixels, None, 0, None, None, {"obj": object()}))
-    assert odd is not None and decode([TAG, odd, pixels.tobytes()])[0].metadata["obj"].startswith("<object")
-
-
 def test_unconfirmed_end_stops_after_a_short_grace_with_nothing_at_risk(hook_cfg_factory):
     daemon = FakeDaemon(confirm_end=False).start()
     cfg = hook_cfg_factory(daemon.endpoint, ack_timeout_s=0.3, close_timeout_s=30)
@@ -351,5 +331,35 @@ def test_unconfirmed_end_stops_after_a_short_grace_with_nothing_at_risk(hook_cfg
         assert not report.finished and report.spool_dir is None
         assert "did not confirm" in (report.counters.last_error or "")
         assert daemon.ends["run-noconfirm"].frames == 10
+    finally:
+        daemon.close()
+
+
+def test_phase_goes_from_announcing_to_settled_and_the_end_is_public(fake_daemon, hook_cfg_factory):
+    sender = FrameSender(hook_cfg_factory(fake_daemon.endpoint), _start("run-phase"))
+    assert sender.phase is SenderPhase.ANNOUNCING and not sender.end_requested
+    sender.start()
+    try:
+        _submit(sender, 5)
+        assert fake_daemon.wait_for(lambda: sender.counters().acked == 5)
+        assert sender.phase is SenderPhase.STREAMING
+        report = sender.finish(timeout=10)
+        assert report is not None and report.ok
+        assert sender.end_requested and sender.phase is SenderPhase.SETTLED
+        with pytest.raises(RuntimeError):
+            sender.submit(_frame(0))
+    finally:
+        sender.close(timeout=1)
+
+
+def test_phase_is_abandoned_when_the_close_timeout_leaves_frames_unacked(hook_cfg_factory):
+    daemon = FakeDaemon()  # never started: nobody answers
+    sender = FrameSender(hook_cfg_factory(daemon.endpoint), _start("run-abandon"))
+    sender.start()
+    try:
+        _submit(sender, 3)
+        report = sender.close(timeout=0.3)
+        assert report is not None and report.unacked == 3
+        assert sender.phase is SenderPhase.ABANDONED
     finally:
         daemon.close()

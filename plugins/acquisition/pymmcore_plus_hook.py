@@ -170,7 +170,7 @@ class PymmcorePlusHook:
 
     @staticmethod
     def _finished(sender: FrameSender) -> bool:
-        return sender._end_requested
+        return sender.end_requested
 
     def _run_id(self) -> str:
         if self._run_name:

@@ -4,22 +4,27 @@
 
 * :meth:`FrameSender.submit` runs in the acquisition thread and does O(1) work:
   it numbers the frame, appends a reference to it to an in-process queue and
-  returns. No I/O, no copy, no lock contention with the network (rule 1 of ``docs/design.md``).
-* One sender thread owns the DEALER socket. It announces the run (``Start``),
-  sends frames zero-copy with at most ``window_frames`` unacknowledged on the
-  wire, and drops a frame only when an ``Ack`` says it is durably written
-  (rule 2). Unacked frames past ``memory_mb`` go to the run's :class:`Spool` on
-  local disk, oldest first, and are read back for resending.
+  returns. No I/O, no copy, no lock contention with the network (rule 1 of
+  ``docs/design.md``; the queue is :class:`~.handoff.Handoff`).
+* One sender thread owns the DEALER socket (:class:`~.connection.DaemonConnection`).
+  It announces the run (``Start``), sends frames zero-copy with at most
+  ``window_frames`` unacknowledged on the wire, and drops a frame only when an
+  ``Ack`` says it is durably written (rule 2). Unacked frames past ``memory_mb``
+  go to the run's :class:`Spool` on local disk, oldest first, and are read back
+  for resending (the bookkeeping is :class:`~.unacked.UnackedFrames`).
 * A daemon that stays silent for ``ack_timeout_s`` while something is
   outstanding is presumed dead: the socket is closed and recreated (the Lazy
   Pirate pattern of the ZeroMQ guide) and ``Start`` plus every unacked frame is
   sent again. A daemon that restarted and answers ``unknown_run`` gets the same.
   Resends reuse sequence numbers; the daemon's writes are idempotent by seq.
-* A frame the daemon refuses as malformed is counted as rejected and kept in
-  the spool's ``rejected/`` folder; it is never resent.
+* A frame the daemon refuses for good (any code not in ``TRANSIENT_ERRORS``) is
+  counted as rejected and kept in the spool's ``rejected/`` folder; it is never resent.
 * :meth:`FrameSender.finish` sends ``End`` after every frame and waits up to
   ``close_timeout_s`` for the acks; whatever is still unacked is written to the
   spool (where :func:`replay_spool` can send it later) and reported.
+
+This module is the run's state machine (:class:`SenderPhase`) and the thread that drives the parts;
+each part does one job and is tested on its own.
 """
 
 from __future__ import annotations
@@ -27,53 +32,66 @@ from __future__ import annotations
 import atexit
 import logging
 import math
+import re
 import threading
 import time
+import uuid
 import weakref
-from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
-import msgpack
 import numpy as np
 import zmq
-import zmq.auth
 
+from lowdose.wire.frame_header import FrameFields, encode_frame_header
 from lowdose.wire.hook_config import HookConfig
 from lowdose.wire.protocol import (
+    TRANSIENT_ERRORS,
     Ack,
     End,
     Error,
-    Frame,
+    ErrorCode,
     FrameIndex,
-    Heartbeat,
     ProtocolError,
     Start,
-    StatusReply,
-    FRAME_DTYPES,
-    MAX_FRAME_SIDE,
-    TAG,
-    decode,
     encode,
 )
 
-from lowdose.wire.jsonsafe import jsonable
-
+from .connection import DaemonConnection
+from .handoff import EndRequest, Handoff
 from .spool import Spool, SpoolError, run_dirs
+from .unacked import UnackedFrames
 
 log = logging.getLogger(__name__)
 
-#: Error codes after which a frame is worth sending again later (the daemon is
-#: busy or its store hiccuped); any other error naming a seq rejects that frame.
-TRANSIENT_CODES = frozenset(
-    {"store_failed", "busy", "overloaded", "write_failed", "shutting_down", "not_ready", "internal"}
-)
 _RETRY_DELAY_S = 0.5  # after a transient error: the daemon's disk or queue needs a moment
 # Re-announcing a run at most this often: a daemon that cannot open the run answers
 # every frame with unknown_run, and each answer must not cost a full resend.
 _RESTART_MIN_INTERVAL_S = 1.0
-UNKNOWN_RUN = "unknown_run"
+
+
+class SenderPhase(str, Enum):
+    """Where a run stands on the sender thread; only that thread changes it.
+
+    ``announcing -> streaming``: the socket took the ``Start``. ``streaming -> ending``: the end
+    was requested and no frame waits to be sent, and the socket took the ``End``.
+    ``ending -> settled``: nothing is unacked and the daemon confirmed the end (or
+    ``2 x ack_timeout_s`` passed without it). Any of the first three goes back to ``announcing``
+    when a new session begins (the daemon went silent: a new socket; or it answered
+    ``unknown_run``), and to ``abandoned`` on the close timeout, :meth:`FrameSender.abort_to_spool`
+    or a failure of the thread. ``settled`` and ``abandoned`` are final.
+    """
+
+    ANNOUNCING = "announcing"  # Start not yet on the wire in this session
+    STREAMING = "streaming"  # Start sent; frames go out, End not yet
+    ENDING = "ending"  # End sent: waiting for the last acks and the daemon's confirmation
+    SETTLED = "settled"  # stopped with nothing at risk: every frame acked or rejected
+    ABANDONED = "abandoned"  # stopped early (close timeout, abort, failure): the rest is in the spool
+
+    def __str__(self) -> str:
+        return self.value
 
 
 @dataclass(frozen=True)
@@ -119,60 +137,18 @@ class FinishReport:
 
 
 @dataclass
-class _Entry:
-    """An unacked frame, owned by the sender thread."""
+class _Tally:
+    """What the sender thread counts (and only it writes); read for :class:`SenderCounters`."""
 
-    seq: int
-    header: bytes
-    pixels: np.ndarray | None  # None once only the spool holds it
-    nbytes: int
-    spooled: bool = False
-    session: int = -1  # session of its last send; -1 never sent
-    sends: int = 0
-
-
-@dataclass
-class _Item:
-    """What the acquisition thread hands over: references only, nothing computed."""
-
-    seq: int
-    pixels: np.ndarray
-    index: Any
-    timestamp: float
-    elapsed_ms: float | None
-    exposure_ms: float | None
-    metadata: Any
-
-
-@dataclass
-class _EndRequest:
-    reason: str
-    frames: int | None
-
-
-@dataclass
-class _State:
-    """Everything the sender thread mutates; nothing else touches it."""
-
-    unacked: dict[int, _Entry] = field(default_factory=dict)
-    to_send: deque[int] = field(default_factory=deque)
-    in_flight: dict[int, float] = field(default_factory=dict)
-    mem_order: deque[int] = field(default_factory=deque)
-    in_memory_bytes: int = 0
-    session: int = 0
-    start_sent: bool = False
-    end: End | None = None
-    end_sent: bool = False
-    finished: bool = False
-    last_rx: float = 0.0
-    last_tx: float = 0.0
-    last_hb: float = 0.0
-    awaiting_since: float | None = None
-    last_restart: float = -math.inf
-    send_blocked: bool = False
-    retry_at: float = 0.0
-    settled_at: float | None = None
-    restart_due: bool = False
+    adopted: int = 0  # frames taken over from an earlier process's spool
+    sent: int = 0
+    resent: int = 0
+    acked: int = 0
+    rejected: int = 0
+    restarts: int = 0
+    last_ack_time: float | None = None
+    daemon: str = ""
+    last_error: str | None = None
 
 
 class FrameSender:
@@ -194,40 +170,17 @@ class FrameSender:
         self.cfg = cfg
         self.start_msg = start
         self.run = start.run
-        self._start_header = encode(start)[1]
         self._spool = Spool(cfg.spool_dir, start.run, fsync=cfg.spool_fsync if spool_fsync is None else spool_fsync)
         self._adopt = adopt_spool
-        self._memory_limit = int(cfg.memory_mb * 1024 * 1024)
-
-        # producer side: touched under _submit_lock only
-        self._submit_lock = threading.Lock()
-        self._next_seq = first_seq
-        self._queued = 0
-        self._submitted_bytes = 0
-        self._pending: deque[_Item | _EndRequest] = deque()
-        self._end_requested = False
-
-        # sender side: written by the sender thread only
-        self._drained_bytes = 0
-        self._sent = 0
-        self._resent = 0
-        self._acked = 0
-        self._spooled = 0
-        self._spooled_now = 0
-        self._rejected = 0
-        self._reconnects = 0
-        self._restarts = 0
-        self._last_ack_time: float | None = None
-        self._daemon_id = ""
-        self._last_error: str | None = None
-        self._st = _State()
+        self._handoff = Handoff(start.run, first_seq)  # the acquisition thread's side
+        # the sender thread's side: only that thread writes these once it runs
+        self._ledger = UnackedFrames(self._spool, encode(start)[1], int(cfg.memory_mb * 1024 * 1024))
+        self._conn = DaemonConnection(cfg, start.run)
+        self._tally = _Tally()
+        self._stop_now = threading.Event()  # abandon sending: spool everything and stop
+        self._driver = _Driver(cfg, start, self._handoff, self._ledger, self._conn, self._tally, self._stop_now)
 
         self._ctx: zmq.Context | None = None
-        self._wake_tx: zmq.Socket | None = None
-        self._wake_addr = f"inproc://lowdose-sender-wake-{id(self):x}-{time.monotonic_ns()}"
-        self._idle = False  # the sender thread is (about to be) asleep in poll()
-        self._stop_now = threading.Event()  # abandon sending: spool everything and stop
-        self._deadline: float | None = None
         self._thread: threading.Thread | None = None
         self._done = threading.Event()
         self._report: FinishReport | None = None
@@ -249,14 +202,9 @@ class FrameSender:
         if self._adopt:
             self._adopt_spool()  # before the thread: counters are right from the start
         self._ctx = zmq.Context()
-        wake_rx = self._ctx.socket(zmq.PAIR)
-        wake_rx.bind(self._wake_addr)
-        self._wake_tx = self._ctx.socket(zmq.PAIR)
-        self._wake_tx.setsockopt(zmq.SNDHWM, 1)
-        self._wake_tx.setsockopt(zmq.LINGER, 0)
-        self._wake_tx.connect(self._wake_addr)
+        wake = self._handoff.open(self._ctx)
         self._thread = threading.Thread(
-            target=self._thread_main, args=(wake_rx,), name=f"lowdose-sender-{self.run}", daemon=True
+            target=self._thread_main, args=(wake,), name=f"lowdose-sender-{self.run}", daemon=True
         )
         # If the program exits without finishing the run, whatever is unacked goes
         # to the spool rather than vanishing with the daemon thread.
@@ -281,17 +229,7 @@ class FrameSender:
         afterwards (MMCore hands every frame over as a fresh array).
         """
         ts = time.time() if timestamp is None else timestamp
-        nbytes = pixels.nbytes
-        with self._submit_lock:
-            if self._end_requested:
-                raise RuntimeError(f"run {self.run} has ended; no more frames can be submitted")
-            seq = self._next_seq
-            self._next_seq = seq + 1
-            self._queued += 1
-            self._submitted_bytes += nbytes
-            self._pending.append(_Item(seq, pixels, index, ts, elapsed_ms, exposure_ms, metadata))
-            self._wake_locked()
-        return seq
+        return self._handoff.submit(pixels, index, ts, elapsed_ms, exposure_ms, metadata)
 
     def finish(self, reason: str = "finished", *, frames: int | None = None, wait: bool = True,
                timeout: float | None = None) -> FinishReport | None:
@@ -302,13 +240,7 @@ class FrameSender:
         sender thread finishes in the background (see :meth:`wait`).
         """
         self.start()
-        with self._submit_lock:
-            if not self._end_requested:
-                self._end_requested = True
-                grace = self.cfg.close_timeout_s if timeout is None else timeout
-                self._deadline = time.monotonic() + grace
-                self._pending.append(_EndRequest(reason, frames))
-                self._wake_locked()
+        self._handoff.request_end(reason, frames, self.cfg.close_timeout_s if timeout is None else timeout)
         return self.wait(timeout) if wait else None
 
     def wait(self, timeout: float | None = None) -> FinishReport | None:
@@ -320,18 +252,29 @@ class FrameSender:
 
     def close(self, timeout: float | None = None, *, reason: str = "finished") -> FinishReport | None:
         """Finish the run (if not yet) and release sockets; returns the report."""
-        report = self.finish(reason, timeout=timeout) if not self._end_requested else self.wait(timeout)
+        report = self.wait(timeout) if self.end_requested else self.finish(reason, timeout=timeout)
         self._release()
         return report
 
     def abort_to_spool(self, timeout: float = 10.0) -> None:
         """Stop sending now; every unacked frame is written to the spool for a later replay."""
         self._stop_now.set()
-        with self._submit_lock:
-            self._wake_locked()
+        self._handoff.ring()
         if self._thread is not None:
             self._done.wait(timeout)
         self._release()
+
+    # ---------------------------------------------------------------- state
+
+    @property
+    def phase(self) -> SenderPhase:
+        """Where the run stands on the sender thread (see :class:`SenderPhase`)."""
+        return self._driver.phase
+
+    @property
+    def end_requested(self) -> bool:
+        """:meth:`finish` (or :meth:`close`) was called: no frame can be submitted any more."""
+        return self._handoff.end_requested
 
     @property
     def spool_dir(self) -> Path:
@@ -339,555 +282,330 @@ class FrameSender:
 
     @property
     def next_seq(self) -> int:
-        return self._next_seq
+        return self._handoff.next_seq
 
     def counters(self) -> SenderCounters:
-        st = self._st
-        pending = self._submitted_bytes - self._drained_bytes
+        t, led, handoff = self._tally, self._ledger, self._handoff
         return SenderCounters(
             run=self.run,
-            queued=self._queued,
-            sent=self._sent,
-            resent=self._resent,
-            acked=self._acked,
-            spooled=self._spooled,
-            spooled_now=self._spooled_now,
-            rejected=self._rejected,
-            unacked=self._queued - self._acked - self._rejected,
-            in_memory_bytes=st.in_memory_bytes + pending,
-            in_flight=len(st.in_flight),
-            reconnects=self._reconnects,
-            restarts=self._restarts,
-            daemon_alive=self._daemon_alive(),
-            last_ack_time=self._last_ack_time,
-            daemon=self._daemon_id,
-            last_error=self._last_error,
+            queued=handoff.queued + t.adopted,
+            sent=t.sent,
+            resent=t.resent,
+            acked=t.acked,
+            spooled=led.spooled,
+            spooled_now=led.spooled_now,
+            rejected=t.rejected,
+            unacked=handoff.queued + t.adopted - t.acked - t.rejected,
+            in_memory_bytes=led.in_memory_bytes + handoff.pending_bytes,
+            in_flight=len(led.in_flight),
+            reconnects=self._conn.reconnects,
+            restarts=t.restarts,
+            daemon_alive=self._conn.alive(time.monotonic()),
+            last_ack_time=t.last_ack_time,
+            daemon=t.daemon,
+            last_error=t.last_error,
         )
-
-    # ---------------------------------------------------------------- producer helpers
-
-    def _wake_locked(self) -> None:
-        # Only when the sender thread sleeps: at most one tiny in-process message
-        # per idle-to-busy transition, never blocking (NOBLOCK, HWM 1).
-        if self._idle and self._wake_tx is not None:
-            self._idle = False
-            try:
-                self._wake_tx.send(b"", zmq.NOBLOCK)
-            except zmq.ZMQError:
-                pass  # a wakeup is already queued
 
     def _release(self) -> None:
         if self._atexit is not None and (self._thread is None or self._done.is_set()):
             atexit.unregister(self._atexit)
             self._atexit = None
 
+    def _adopt_spool(self) -> None:
+        """Take over frames a previous process left in this run's spool."""
+        end = self._spool.read_end()
+        if end is not None:
+            self._driver.end = end
+        adopted, errors = self._ledger.adopt()
+        self._tally.adopted += adopted
+        if errors:
+            self._tally.last_error = errors[-1]
+
     # ---------------------------------------------------------------- sender thread
 
-    def _thread_main(self, wake_rx: zmq.Socket) -> None:
-        sock: zmq.Socket | None = None
+    def _thread_main(self, wake: zmq.Socket) -> None:
         try:
-            sock = self._new_socket()
-            self._loop(sock, wake_rx)
+            self._driver.run_thread(self._ctx, wake)  # type: ignore[arg-type]
         except Exception as exc:  # the thread must leave the frames safe whatever happens
             log.exception("lowdose sender for run %s failed", self.run)
-            self._last_error = f"sender thread failed: {exc!r}"
+            self._tally.last_error = f"sender thread failed: {exc!r}"
+            self._driver.phase = SenderPhase.ABANDONED
         finally:
             try:
-                self._spool_everything()
+                self._driver.spool_all()
             except Exception as exc:
                 log.exception("could not spool the unacked frames of run %s", self.run)
-                self._last_error = f"spooling at close failed: {exc!r}"
-            if sock is not None:
-                sock.close(0)
-            wake_rx.close(0)
-            with self._submit_lock:  # producers use wake_tx under this lock only
-                if self._wake_tx is not None:
-                    self._wake_tx.close(0)
-                    self._wake_tx = None
+                self._tally.last_error = f"spooling at close failed: {exc!r}"
+            self._conn.close()
+            self._handoff.close()
             if self._ctx is not None:
                 self._ctx.term()  # every socket of this context is closed by now
                 self._ctx = None
             self._report = self._make_report()
             self._done.set()
 
-    def _loop(self, sock: zmq.Socket, wake_rx: zmq.Socket) -> None:
-        st = self._st
-        cfg = self.cfg
-        poller = zmq.Poller()
-        poller.register(wake_rx, zmq.POLLIN)
-        poller.register(sock, zmq.POLLIN)
-        while True:
-            if self._stop_now.is_set():
-                return
-            self._drain_pending()
-            self._spill()
-            self._send_some(sock)
-            now = time.monotonic()
-            if st.end_sent and not st.unacked:
-                if st.finished:
-                    return
-                # Every frame is acked (or rejected) but the end is not confirmed: give
-                # the daemon a moment, then stop; nothing is at risk any more.
-                st.settled_at = st.settled_at or now
-                if now - st.settled_at > 2 * cfg.ack_timeout_s:
-                    self._last_error = self._last_error or "the daemon did not confirm the end of the run"
-                    return
-            if st.restart_due and now - st.last_restart >= _RESTART_MIN_INTERVAL_S:
-                self._restarts += 1
-                self._restart_session()
-            if self._deadline is not None and now >= self._deadline:
-                self._last_error = self._last_error or "close timeout: unacked frames left in the spool"
-                return
-            self._maybe_heartbeat(sock, now)
-            if st.awaiting_since is not None and now - st.awaiting_since > cfg.ack_timeout_s:
-                # Lazy Pirate: the daemon is gone (or the connection is): a fresh
-                # socket, then Start and every unacked frame again.
-                poller.unregister(sock)
-                sock.close(0)
-                self._reconnects += 1
-                self._restart_session()
-                sock = self._new_socket()
-                poller.register(sock, zmq.POLLIN)
-                continue
-
-            timeout_s = cfg.heartbeat_s / 2
-            if st.awaiting_since is not None:
-                timeout_s = min(timeout_s, st.awaiting_since + cfg.ack_timeout_s - now)
-            if self._deadline is not None:
-                timeout_s = min(timeout_s, self._deadline - now)
-            if st.send_blocked:
-                timeout_s = min(timeout_s, 0.01)  # waiting for a connection: IMMEDIATE gives no POLLOUT
-            if st.retry_at > now and st.to_send:
-                timeout_s = min(timeout_s, st.retry_at - now)
-            self._idle = True
-            if self._pending or self._stop_now.is_set():
-                self._idle = False
-                timeout_s = 0
-            events = dict(poller.poll(max(0, int(timeout_s * 1000))))
-            self._idle = False
-            if wake_rx in events:
-                while wake_rx.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                    wake_rx.recv(zmq.NOBLOCK)
-            if sock in events:
-                self._receive_all(sock)
-
-    # ---------------------------------------------------------------- socket
-
-    def _new_socket(self) -> zmq.Socket:
-        assert self._ctx is not None
-        st = self._st
-        cfg = self.cfg
-        sock = self._ctx.socket(zmq.DEALER)
-        # One identity per connection incarnation: a ROUTER may still hold the old
-        # peer's identity when we reconnect, and would refuse a duplicate.
-        sock.setsockopt(zmq.IDENTITY, f"{self.run}.{st.session}".encode())
-        # Small high-water marks: the flow control is ours (the credit window);
-        # ZeroMQ's default of 1000 messages would be gigabytes of frames.
-        sock.setsockopt(zmq.SNDHWM, cfg.window_frames + 4)
-        sock.setsockopt(zmq.RCVHWM, 256)
-        sock.setsockopt(zmq.LINGER, 0)
-        # Queue messages only on a completed connection, so frames wait here (in
-        # RAM / the spool, accounted) while the daemon is down, not in ZeroMQ.
-        sock.setsockopt(zmq.IMMEDIATE, 1)
-        sock.setsockopt(zmq.RECONNECT_IVL, 100)
-        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
-        if cfg.curve_server_public_key is not None or cfg.curve_client_secret_key is not None:
-            if cfg.curve_server_public_key is None or cfg.curve_client_secret_key is None:
-                raise ValueError("CURVE needs both hook.curve_server_public_key and hook.curve_client_secret_key")
-            server_public, _ = zmq.auth.load_certificate(str(cfg.curve_server_public_key))
-            client_public, client_secret = zmq.auth.load_certificate(str(cfg.curve_client_secret_key))
-            if client_secret is None:
-                raise ValueError(f"{cfg.curve_client_secret_key} holds no secret key")
-            sock.curve_serverkey = server_public
-            sock.curve_publickey = client_public
-            sock.curve_secretkey = client_secret
-        sock.connect(cfg.endpoint)
-        return sock
-
-    def _restart_session(self) -> None:
-        """Forget what is on the wire: Start, every unacked frame and End go again."""
-        st = self._st
-        st.session += 1
-        st.start_sent = False
-        st.end_sent = False
-        st.in_flight.clear()
-        st.to_send = deque(sorted(st.unacked))
-        st.awaiting_since = None
-        st.send_blocked = False
-        st.last_restart = time.monotonic()
-        st.restart_due = False
-        st.settled_at = None
-
-    def _send(self, sock: zmq.Socket, parts: list[Any]) -> bool:
-        try:
-            sock.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
-        except zmq.Again:
-            self._st.send_blocked = True
-            return False
-        now = time.monotonic()
-        st = self._st
-        st.send_blocked = False
-        st.last_tx = now
-        if st.awaiting_since is None:
-            st.awaiting_since = now
-        return True
-
-    def _send_some(self, sock: zmq.Socket) -> None:
-        st = self._st
-        if not st.start_sent:
-            if not self._send(sock, encode(self.start_msg)):
-                return
-            st.start_sent = True
-        now = time.monotonic()
-        while st.to_send and len(st.in_flight) < self.cfg.window_frames and now >= st.retry_at:
-            seq = st.to_send[0]
-            entry = st.unacked.get(seq)
-            if entry is None or seq in st.in_flight:
-                st.to_send.popleft()
-                continue
-            parts = self._frame_parts(entry)
-            if parts is None:
-                st.to_send.popleft()
-                continue
-            if not self._send(sock, parts):
-                return
-            st.to_send.popleft()
-            st.in_flight[seq] = now
-            entry.session = st.session
-            entry.sends += 1
-            self._sent += 1
-            if entry.sends > 1:
-                self._resent += 1
-        if st.end is not None and not st.end_sent and not st.to_send:
-            if self._send(sock, encode(st.end)):
-                st.end_sent = True
-
-    def _frame_parts(self, entry: _Entry) -> list[Any] | None:
-        if entry.pixels is not None:
-            return [TAG, entry.header, memoryview(entry.pixels).cast("B")]
-        try:
-            spooled = self._spool.get(entry.seq)
-        except SpoolError as exc:
-            # A spool file we cannot read can never be delivered: say so loudly.
-            self._last_error = f"seq {entry.seq}: {exc}"
-            log.error("lowdose: spooled frame unreadable, it cannot be resent: %s", exc)
-            self._drop(entry.seq)
-            self._rejected += 1
-            return None
-        return [TAG, spooled.header, spooled.pixels]
-
-    def _maybe_heartbeat(self, sock: zmq.Socket, now: float) -> None:
-        st = self._st
-        hb = self.cfg.heartbeat_s
-        if now - st.last_rx >= hb and now - st.last_hb >= hb and st.start_sent:
-            # a heartbeat that cannot go out now waits for the next interval, not the next loop turn
-            self._send(sock, encode(Heartbeat(run=self.run)))
-            st.last_hb = now
-
-    # ---------------------------------------------------------------- replies
-
-    def _receive_all(self, sock: zmq.Socket) -> None:
-        # EVENTS rather than catching zmq.Again: an exception per wakeup costs more
-        # than the rest of handling an ack.
-        while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-            parts = sock.recv_multipart(zmq.NOBLOCK)
-            st = self._st
-            st.last_rx = time.monotonic()
-            st.awaiting_since = None
-            try:
-                msg, _ = decode(parts)
-            except ProtocolError as exc:
-                self._last_error = f"bad reply from daemon: {exc}"
-                continue
-            daemon = getattr(msg, "daemon", None)
-            if daemon:
-                self._daemon_id = daemon
-            if isinstance(msg, Ack):
-                self._on_ack(msg)
-            elif isinstance(msg, Error):
-                self._on_error(msg)
-            elif isinstance(msg, (Heartbeat, StatusReply)):
-                pass
-            # anything else a daemon should not send us; ignored
-
-    def _on_ack(self, msg: Ack) -> None:
-        if msg.run != self.run:
-            return
-        st = self._st
-        self._last_ack_time = time.time()
-        for first, last in msg.ranges:
-            if last < first:
-                continue
-            if last - first + 1 <= len(st.unacked):
-                seqs = range(first, last + 1)
-            else:  # a cumulative range: walk what we hold rather than the range
-                seqs = [s for s in st.unacked if first <= s <= last]
-            for seq in seqs:
-                if seq in st.unacked:
-                    self._drop(seq)
-                    self._acked += 1
-        if msg.finished and st.end_sent:
-            st.finished = True
-
-    def _on_error(self, msg: Error) -> None:
-        st = self._st
-        if msg.run is not None and msg.run != self.run:
-            return
-        self._last_error = f"{msg.code}: {msg.reason}"
-        if msg.code == UNKNOWN_RUN:
-            entry = st.unacked.get(msg.seq) if msg.seq is not None else None
-            if msg.seq is not None and (entry is None or entry.session < st.session):
-                return  # about a frame sent before we already re-announced the run
-            if time.monotonic() - st.last_restart < _RESTART_MIN_INTERVAL_S:
-                st.restart_due = True  # again soon, not once per reply
-                return
-            self._restarts += 1
-            log.warning("lowdose: daemon does not know run %s (restarted?): resending", self.run)
-            self._restart_session()
-            return
-        if msg.seq is None or msg.seq not in st.unacked:
-            if msg.seq is None and st.end_sent and msg.code not in TRANSIENT_CODES:
-                log.error("lowdose: daemon refused run %s: %s", self.run, self._last_error)
-            return
-        seq = msg.seq
-        st.in_flight.pop(seq, None)
-        if msg.code in TRANSIENT_CODES:
-            st.to_send.appendleft(seq)
-            st.retry_at = time.monotonic() + _RETRY_DELAY_S
-            return
-        entry = st.unacked[seq]
-        log.error("lowdose: daemon rejected frame %d of run %s: %s", seq, self.run, self._last_error)
-        self._spool.reject(seq, entry.header, entry.pixels, f"{msg.code}: {msg.reason}")
-        self._drop(seq, delete_spool=False)
-        self._rejected += 1
-
-    # ---------------------------------------------------------------- memory and spool
-
-    def _drain_pending(self) -> None:
-        st = self._st
-        pending = self._pending
-        while pending:
-            item = pending.popleft()
-            if isinstance(item, _EndRequest):
-                frames = self._next_seq if item.frames is None else item.frames
-                st.end = End(run=self.run, frames=frames, reason=item.reason)  # type: ignore[arg-type]
-                continue
-            self._drained_bytes += item.pixels.nbytes
-            self._accept(item)
-
-    def _accept(self, item: _Item) -> None:
-        st = self._st
-        pixels = item.pixels
-        try:
-            header = self._frame_header(item)
-        except Exception as exc:
-            # Unsendable (a shape or dtype the protocol does not carry): keep it on
-            # disk as rejected so the raw data still exists, and say so.
-            self._rejected += 1
-            self._last_error = f"seq {item.seq}: not sendable: {exc}"
-            log.error("lowdose: frame %d of run %s cannot be sent: %s", item.seq, self.run, exc)
-            note = msgpack.packb(
-                {"seq": item.seq, "shape": list(pixels.shape), "dtype": str(pixels.dtype)}, use_bin_type=True
-            )
-            self._spool.reject(item.seq, note, np.ascontiguousarray(pixels).view(np.uint8).ravel(), str(exc))
-            return
-        if not pixels.flags.c_contiguous:
-            pixels = np.ascontiguousarray(pixels)
-        entry = _Entry(item.seq, header, pixels, pixels.nbytes)
-        st.unacked[item.seq] = entry
-        st.to_send.append(item.seq)
-        st.mem_order.append(item.seq)
-        st.in_memory_bytes += entry.nbytes
-
-    def _frame_header(self, item: _Item) -> bytes:
-        """The encoded ``Frame`` header; the common case skips pydantic (it is per frame)."""
-        fast = _fast_frame_header(self.run, item)
-        return fast if fast is not None else self._frame_header_validated(item)
-
-    def _frame_header_validated(self, item: _Item) -> bytes:
-        index = item.index
-        if index is None:
-            index = FrameIndex()
-        elif not isinstance(index, FrameIndex):
-            index = FrameIndex(**index)
-        msg = Frame(
-            run=self.run,
-            seq=item.seq,
-            index=index,
-            shape=tuple(item.pixels.shape),  # type: ignore[arg-type]
-            dtype=str(item.pixels.dtype),
-            timestamp=item.timestamp,
-            elapsed_ms=item.elapsed_ms,
-            exposure_ms=item.exposure_ms,
-            metadata=item.metadata or {},
-        )
-        try:
-            return encode(msg)[1]
-        except (TypeError, ValueError, msgpack.PackException):
-            # metadata that msgpack cannot carry: keep the frame, stringify the rest
-            return encode(msg.model_copy(update={"metadata": jsonable(item.metadata)}))[1]
-
-    def _spill(self) -> None:
-        """Past the memory bound, move the oldest unacked frames not on the wire to disk."""
-        st = self._st
-        if st.in_memory_bytes <= self._memory_limit:
-            return
-        skipped: list[int] = []
-        while st.in_memory_bytes > self._memory_limit and st.mem_order:
-            seq = st.mem_order.popleft()
-            entry = st.unacked.get(seq)
-            if entry is None or entry.pixels is None:
-                continue
-            if seq in st.in_flight:
-                skipped.append(seq)  # ZeroMQ holds these buffers until sent anyway
-                continue
-            self._spool_entry(entry)
-        st.mem_order.extendleft(reversed(skipped))
-
-    def _spool_entry(self, entry: _Entry) -> None:
-        if entry.pixels is None:
-            return
-        if not self._spool.has_start():
-            self._spool.write_start(self._start_header)
-        self._spool.put(entry.seq, entry.header, entry.pixels)
-        entry.pixels = None
-        entry.spooled = True
-        self._st.in_memory_bytes -= entry.nbytes
-        self._spooled += 1
-        self._spooled_now += 1
-
-    def _drop(self, seq: int, *, delete_spool: bool = True) -> None:
-        st = self._st
-        entry = st.unacked.pop(seq, None)
-        st.in_flight.pop(seq, None)
-        if entry is None:
-            return
-        if entry.pixels is not None:
-            st.in_memory_bytes -= entry.nbytes
-            entry.pixels = None
-        else:
-            self._spooled_now -= 1
-            if delete_spool:
-                self._spool.delete(seq)
-        # Acks mostly arrive in order, so the head of the spill order is what was just acked: trimming
-        # it here keeps the deque at the unacked frames instead of one entry per frame of the run.
-        order = st.mem_order
-        while order and order[0] not in st.unacked:
-            order.popleft()
-
-    def _spool_everything(self) -> None:
-        """At the end: every unacked frame (and the pending ones) to disk, with End if known."""
-        self._drain_pending()
-        st = self._st
-        for entry in sorted(st.unacked.values(), key=lambda e: e.seq):
-            self._spool_entry(entry)
-        if st.unacked or self._spool.rejected():
-            if not self._spool.has_start():
-                self._spool.write_start(self._start_header)
-            if st.end is not None:
-                self._spool.write_end(encode(st.end)[1])
-        else:
-            self._spool.cleanup()
-
-    def _adopt_spool(self) -> None:
-        """Take over frames a previous process left in this run's spool."""
-        st = self._st
-        end = self._spool.read_end()
-        if end is not None:
-            st.end = end
-        for seq in self._spool.seqs():
-            try:
-                spooled = self._spool.get(seq)
-            except SpoolError as exc:
-                self._last_error = str(exc)
-                log.error("lowdose: skipping unreadable spool file: %s", exc)
-                continue
-            st.unacked[seq] = _Entry(seq, spooled.header, None, spooled.frame.nbytes, spooled=True)
-            st.to_send.append(seq)
-            self._queued += 1
-            self._spooled_now += 1
-
     # ---------------------------------------------------------------- reporting
 
-    def _daemon_alive(self) -> bool:
-        st = self._st
-        if st.last_rx == 0.0:
-            return False
-        return time.monotonic() - st.last_rx < self.cfg.ack_timeout_s
-
     def _make_report(self) -> FinishReport:
-        st = self._st
         counters = self.counters()
-        left = len(st.unacked)
+        left = len(self._ledger)
         rejected = len(self._spool.rejected())
-        end = st.end
+        end = self._driver.end
         return FinishReport(
             run=self.run,
             reason=end.reason if end is not None else "aborted",
-            frames=end.frames if end is not None else self._next_seq,
-            acked=self._acked,
+            frames=end.frames if end is not None else self._handoff.next_seq,
+            acked=self._tally.acked,
             unacked=left,
-            rejected=max(rejected, self._rejected),
-            finished=st.finished,
+            rejected=max(rejected, self._tally.rejected),
+            finished=self._driver.end_confirmed,
             spool_dir=self._spool.dir if (left or rejected) else None,
             counters=counters,
         )
 
 
-_INDEX_KEYS = frozenset("tpcz")
+class _Driver:
+    """The sender thread's state machine: what to send next, and what each reply means.
 
-
-def _fast_frame_header(run: str, item: _Item) -> bytes | None:
-    """``encode(Frame(...))[1]`` without building the model, or None when unsure.
-
-    Only plain, obviously valid frames take this path (a 2-D array of a protocol
-    dtype, a dict index of non-negative ints, msgpack-able metadata); anything
-    else goes through the pydantic model, which says precisely what is wrong.
+    It owns the run's :class:`SenderPhase` and session and moves the parts: frames from the
+    :class:`Handoff` into the :class:`UnackedFrames`, from there onto the :class:`DaemonConnection`,
+    and acks and errors back. Only the sender thread calls it; :class:`FrameSender` reads
+    ``phase``, ``end`` and ``end_confirmed`` for its report.
     """
-    pixels = item.pixels
-    shape = pixels.shape
-    dtype = pixels.dtype.name
-    if len(shape) != 2 or dtype not in FRAME_DTYPES or not (
-        0 < shape[0] <= MAX_FRAME_SIDE and 0 < shape[1] <= MAX_FRAME_SIDE
-    ):
-        return None
-    index = item.index
-    if index is None:
-        index = {}
-    elif isinstance(index, FrameIndex):
-        index = index.model_dump()
-    if type(index) is not dict or not _INDEX_KEYS.issuperset(index):
-        return None
-    for v in index.values():
-        if type(v) is not int or v < 0:
-            return None
-    metadata = item.metadata if item.metadata is not None else {}
-    if type(metadata) is not dict:
-        return None
-    header = {
-        "kind": "frame",
-        "run": run,
-        "seq": item.seq,
-        "index": {"t": index.get("t", 0), "p": index.get("p", 0), "c": index.get("c", 0), "z": index.get("z", 0)},
-        "shape": [shape[0], shape[1]],
-        "dtype": dtype,
-        "timestamp": float(item.timestamp),
-        "elapsed_ms": None if item.elapsed_ms is None else float(item.elapsed_ms),
-        "exposure_ms": None if item.exposure_ms is None else float(item.exposure_ms),
-        "metadata": metadata,
-    }
-    try:
-        return msgpack.packb(header, use_bin_type=True)
-    except (TypeError, ValueError, msgpack.PackException):
-        header["metadata"] = jsonable(metadata)
-        return msgpack.packb(header, use_bin_type=True)
+
+    def __init__(self, cfg: HookConfig, start: Start, handoff: Handoff, ledger: UnackedFrames,
+                 conn: DaemonConnection, tally: _Tally, stop_now: threading.Event) -> None:
+        self.cfg = cfg
+        self.start_msg = start
+        self.run = start.run
+        self._handoff = handoff
+        self._ledger = ledger
+        self._conn = conn
+        self._tally = tally
+        self._stop_now = stop_now
+        self.phase = SenderPhase.ANNOUNCING
+        self.session = 0  # bumped whenever what is on the wire no longer counts
+        self.end: End | None = None
+        self.end_confirmed = False  # the daemon said every frame up to End is written
+        self._deadline: float | None = None  # from the end request: when to stop waiting for acks
+        self._settle_since: float | None = None  # all acked, End sent, confirmation still missing
+        self._restart_due = False
+        self._last_restart = -math.inf
+        self._retry_at = 0.0
+
+    def run_thread(self, ctx: zmq.Context, wake: zmq.Socket) -> None:
+        self._conn.open(ctx, wake, self.session)
+        self._loop()
+
+    def spool_all(self) -> None:
+        """The thread is stopping: whatever is unacked (or not yet taken) goes to the spool."""
+        self._drain_pending()
+        self._ledger.spool_all(encode(self.end)[1] if self.end is not None else None)
+
+    def _loop(self) -> None:
+        """Turn after turn: take new frames, spill, send, then stop, reconnect or sleep."""
+        while not self._stop_now.is_set():
+            self._drain_pending()
+            self._ledger.spill()
+            self._send_some()
+            now = time.monotonic()
+            if self._settled(now) or self._past_deadline(now):
+                return
+            if self._restart_due and now - self._last_restart >= _RESTART_MIN_INTERVAL_S:
+                self._tally.restarts += 1
+                self._restart_session()
+            if self.phase is not SenderPhase.ANNOUNCING:
+                self._conn.maybe_heartbeat(now)
+            if self._conn.silent_too_long(now):
+                # Lazy Pirate: the daemon is gone (or the connection is): a fresh
+                # socket, then Start and every unacked frame again.
+                self._restart_session()
+                self._conn.reconnect(self.session)
+                continue
+            self._sleep(now)
+        self.phase = SenderPhase.ABANDONED
+
+    def _settled(self, now: float) -> bool:
+        """ENDING with nothing unacked becomes SETTLED once the daemon confirms the end, or after
+        a short grace without the confirmation: no frame is at risk any more either way."""
+        if self.phase is not SenderPhase.ENDING or len(self._ledger):
+            return False
+        if not self.end_confirmed:
+            self._settle_since = self._settle_since or now
+            if now - self._settle_since <= 2 * self.cfg.ack_timeout_s:
+                return False
+            self._tally.last_error = self._tally.last_error or "the daemon did not confirm the end of the run"
+        self.phase = SenderPhase.SETTLED
+        return True
+
+    def _past_deadline(self, now: float) -> bool:
+        if self._deadline is None or now < self._deadline:
+            return False
+        self._tally.last_error = self._tally.last_error or "close timeout: unacked frames left in the spool"
+        self.phase = SenderPhase.ABANDONED
+        return True
+
+    def _sleep(self, now: float) -> None:
+        """Wait for the daemon, a new frame or the next thing due (heartbeat, retry, deadline)."""
+        timeout_s = self._conn.wait_limit(now)
+        if self._deadline is not None:
+            timeout_s = min(timeout_s, self._deadline - now)
+        if self._retry_at > now and self._ledger.to_send:
+            timeout_s = min(timeout_s, self._retry_at - now)
+        if not self._handoff.going_idle() or self._stop_now.is_set():
+            self._handoff.awake()
+            timeout_s = 0
+        readable, rang = self._conn.poll(timeout_s)
+        self._handoff.awake()
+        if rang:
+            self._handoff.clear_doorbell()
+        if readable:
+            self._receive()
+
+    def _restart_session(self) -> None:
+        """Forget what is on the wire: Start, every unacked frame and End go again."""
+        self.session += 1
+        self.phase = SenderPhase.ANNOUNCING
+        self._ledger.resend_all()
+        self._conn.forget_wait()
+        self._last_restart = time.monotonic()
+        self._restart_due = False
+        self._settle_since = None
+
+    # ---------------------------------------------------------------- frames in and out
+
+    def _drain_pending(self) -> None:
+        for item in self._handoff.take():
+            if isinstance(item, EndRequest):
+                frames = self._handoff.next_seq if item.frames is None else item.frames
+                self.end = End(run=self.run, frames=frames, reason=item.reason)  # type: ignore[arg-type]
+                self._deadline = item.deadline
+            else:
+                self._accept(item)
+
+    def _accept(self, item: FrameFields) -> None:
+        try:
+            header = encode_frame_header(self.run, item)
+        except Exception as exc:
+            # Unsendable (a shape or dtype the protocol does not carry): keep it on
+            # disk as rejected so the raw data still exists, and say so.
+            self._tally.rejected += 1
+            self._tally.last_error = f"seq {item.seq}: not sendable: {exc}"
+            log.error("lowdose: frame %d of run %s cannot be sent: %s", item.seq, self.run, exc)
+            self._ledger.keep_unsendable(item.seq, item.pixels, str(exc))
+            return
+        self._ledger.accept(item.seq, header, item.pixels)
+
+    def _send_some(self) -> None:
+        """Start first (in ANNOUNCING), then frames up to the window, then End once none is left."""
+        conn = self._conn
+        if self.phase is SenderPhase.ANNOUNCING:
+            if not conn.send(encode(self.start_msg)):
+                return
+            self.phase = SenderPhase.STREAMING
+        if not self._send_frames():
+            return
+        if self.phase is SenderPhase.STREAMING and self.end is not None and not self._ledger.to_send:
+            if conn.send(encode(self.end)):
+                self.phase = SenderPhase.ENDING
+
+    def _send_frames(self) -> bool:
+        """Fill the window; False if the socket had no room for a frame."""
+        led, tally = self._ledger, self._tally
+        now = time.monotonic()
+        if now < self._retry_at:
+            return True
+        while len(led.in_flight) < self.cfg.window_frames:
+            entry = led.next_to_send()
+            if entry is None:
+                break
+            try:
+                parts = led.frame_parts(entry)
+            except SpoolError as exc:
+                # A spool file we cannot read can never be delivered: say so loudly.
+                tally.last_error = f"seq {entry.seq}: {exc}"
+                log.error("lowdose: spooled frame unreadable, it cannot be resent: %s", exc)
+                led.drop(entry.seq)
+                tally.rejected += 1
+                continue
+            if not self._conn.send(parts):
+                return False
+            led.mark_sent(entry, self.session, now)
+            tally.sent += 1
+            if entry.sends > 1:
+                tally.resent += 1
+        return True
+
+    # ---------------------------------------------------------------- replies
+
+    def _receive(self) -> None:
+        for msg in self._conn.receive():
+            if isinstance(msg, ProtocolError):
+                self._tally.last_error = f"bad reply from daemon: {msg}"
+                continue
+            self._note_daemon(getattr(msg, "daemon", None))
+            if isinstance(msg, Ack):
+                self._on_ack(msg)
+            elif isinstance(msg, Error):
+                self._on_error(msg)
+            # Heartbeats and status replies only prove the daemon alive, which the connection has
+            # noted; any other kind a daemon should not send, and it is ignored.
+
+    def _note_daemon(self, daemon: str | None) -> None:
+        # A new id means another daemon process answers. Known gap: one restarted within
+        # ack_timeout_s has lost what was in flight without saying so; re-announcing the run
+        # here (``self._restart_session()``) would resend it at once.
+        if daemon and daemon != self._tally.daemon:
+            self._tally.daemon = daemon
+
+    def _on_ack(self, msg: Ack) -> None:
+        if msg.run != self.run:
+            return
+        self._tally.last_ack_time = time.time()
+        for first, last in msg.ranges:
+            self._tally.acked += self._ledger.ack(first, last)
+        if msg.finished and self.phase is SenderPhase.ENDING:
+            self.end_confirmed = True
+
+    def _on_error(self, msg: Error) -> None:
+        if msg.run is not None and msg.run != self.run:
+            return
+        self._tally.last_error = f"{msg.code}: {msg.reason}"
+        if msg.code == ErrorCode.UNKNOWN_RUN:
+            self._on_unknown_run(msg.seq)
+            return
+        seq = msg.seq
+        if seq is None or seq not in self._ledger:
+            if seq is None and self.phase is SenderPhase.ENDING and msg.code not in TRANSIENT_ERRORS:
+                log.error("lowdose: daemon refused run %s: %s", self.run, self._tally.last_error)
+            return
+        if msg.code in TRANSIENT_ERRORS:
+            self._ledger.requeue(seq)
+            self._retry_at = time.monotonic() + _RETRY_DELAY_S
+            return
+        log.error("lowdose: daemon rejected frame %d of run %s: %s", seq, self.run, self._tally.last_error)
+        self._ledger.reject(seq, self._tally.last_error)
+        self._tally.rejected += 1
+
+    def _on_unknown_run(self, seq: int | None) -> None:
+        """The daemon does not know the run (it restarted): announce it again, with every frame."""
+        if seq is not None:
+            entry = self._ledger.get(seq)
+            if entry is None or entry.session < self.session:
+                return  # about a frame sent before we already re-announced the run
+        if time.monotonic() - self._last_restart < _RESTART_MIN_INTERVAL_S:
+            self._restart_due = True  # again soon, not once per reply
+            return
+        self._tally.restarts += 1
+        log.warning("lowdose: daemon does not know run %s (restarted?): resending", self.run)
+        self._restart_session()
 
 
 def _spool_at_exit(ref: weakref.ref[FrameSender]) -> None:
     sender = ref()
     if sender is None or sender._done.is_set():
         return
-    if sender._end_requested and sender.wait() is not None:
+    if sender.end_requested and sender.wait() is not None:
         return  # finished in the background within its close timeout
     log.warning("lowdose: run %s not finished at exit; unacked frames go to the spool", sender.run)
     sender.abort_to_spool(timeout=30.0)
@@ -932,8 +650,5 @@ def _drain_without_end(sender: FrameSender, timeout: float) -> FinishReport | No
 
 def make_run_id(prefix: str = "run") -> str:
     """A fresh run id: ``<prefix>-YYYYmmdd-HHMMSS-<6 hex>`` (valid as a store name)."""
-    import re
-    import uuid
-
     clean = re.sub(r"[^A-Za-z0-9_.\-]", "_", prefix).strip("._-") or "run"
     return f"{clean[:96]}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
