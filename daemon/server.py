@@ -33,6 +33,7 @@ from lowdose.wire.protocol import (
     Ack,
     End,
     Error,
+    ErrorCode,
     Frame,
     Heartbeat,
     ProtocolError,
@@ -329,17 +330,15 @@ class Daemon:
         elif isinstance(msg, StatusRequest):
             self._reply(identity, StatusReply(daemon=self.id, status=self.status()))
         else:
-            self.metrics.messages_rejected.labels("unexpected_kind").inc()
-            self._reply(
-                identity,
-                Error(code="unexpected_kind", reason=f"a daemon does not accept {msg.kind!r} messages", daemon=self.id),
-            )
+            self.metrics.messages_rejected.labels(ErrorCode.UNEXPECTED_KIND).inc()
+            self._reply(identity, Error(code=ErrorCode.UNEXPECTED_KIND, daemon=self.id,
+                                        reason=f"a daemon does not accept {msg.kind!r} messages"))
 
     def _unknown_run(self, identity: bytes, run: str, seq: int | None) -> None:
         self._reply(
             identity,
             Error(
-                code="unknown_run",
+                code=ErrorCode.UNKNOWN_RUN,
                 reason=f"run {run!r} has not been started on this daemon (send start first)",
                 run=run,
                 seq=seq,
@@ -351,7 +350,7 @@ class Daemon:
         state = self.runs.get(start.run)
         if state is not None:
             if (state.start.shape, state.start.dtype) != (start.shape, start.dtype):
-                self._reply(identity, Error(code="start_mismatch", run=start.run, daemon=self.id,
+                self._reply(identity, Error(code=ErrorCode.START_MISMATCH, run=start.run, daemon=self.id,
                                             reason=f"run {start.run!r} already exists with frames "
                                                    f"{state.start.shape} {state.start.dtype}; use a new run id"))
                 return
@@ -362,7 +361,8 @@ class Daemon:
                     self.cfg.storage.output_dir, start, self.cfg.storage, __version__, policy=self.cfg.restore.policy
                 )
             except StoreError as exc:
-                self._reply(identity, Error(code="store_failed", reason=str(exc), run=start.run, daemon=self.id))
+                self._reply(identity, Error(code=ErrorCode.STORE_FAILED, reason=str(exc), run=start.run,
+                                            daemon=self.id))
                 return
             counters = RunCounters(
                 run=start.run, instrument=start.instrument, store=str(store.path), policy=self.cfg.restore.policy
@@ -382,8 +382,8 @@ class Daemon:
             self._unknown_run(identity, frame.run, frame.seq)
             return
         if (tuple(frame.shape), frame.dtype) != (tuple(state.start.shape), state.start.dtype):
-            self.metrics.messages_rejected.labels("shape_mismatch").inc()
-            self._reply(identity, Error(code="shape_mismatch", run=frame.run, seq=frame.seq, daemon=self.id,
+            self.metrics.messages_rejected.labels(ErrorCode.SHAPE_MISMATCH).inc()
+            self._reply(identity, Error(code=ErrorCode.SHAPE_MISMATCH, run=frame.run, seq=frame.seq, daemon=self.id,
                                         reason=f"frame is {tuple(frame.shape)} {frame.dtype} but run started with "
                                                f"{tuple(state.start.shape)} {state.start.dtype}"))
             return

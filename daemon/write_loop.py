@@ -20,7 +20,7 @@ import zmq
 
 from .metrics import DaemonMetrics
 from .outbox import OutboxWriter
-from lowdose.wire.protocol import Ack, End, Error, Frame, ranges_from_seqs
+from lowdose.wire.protocol import Ack, End, Error, ErrorCode, Frame, ranges_from_seqs
 from .runs import RunRegistry, RunState
 from .scheduler import LiveItem, Scheduler
 from .writer import StoreError
@@ -119,10 +119,8 @@ class WriteLoop(threading.Thread):
             state.counters.frames_failed += len(batch)
             self.metrics.frames_failed.labels(state.run).inc(len(batch))
             for r in batch:
-                outbox.send(
-                    state.identity,
-                    Error(code="store_failed", reason=str(exc), run=state.run, seq=r.frame.seq, daemon=self.daemon_id),
-                )
+                outbox.send(state.identity, Error(code=ErrorCode.STORE_FAILED, reason=str(exc), run=state.run,
+                                                  seq=r.frame.seq, daemon=self.daemon_id))
             return
         self.metrics.write_seconds.observe(time.perf_counter() - t0)
         stored_set = set(stored)
