@@ -22,6 +22,7 @@ from lowdose.plugins.denoisers.interface import Denoiser
 from .config import RestoreConfig, ServerConfig
 from .metrics import DaemonMetrics
 from lowdose.wire.protocol import Preview, encode
+from .restoring import read_raw_frames, restore_into_store
 from .runs import RunRegistry, RunState
 from .scheduler import Batch, LiveItem, Scheduler
 
@@ -100,12 +101,12 @@ class RestoreLoop(threading.Thread):
             if not todo:
                 continue
             self._backfill_turn += k + 1
-            items = []
-            for index in todo:
-                pixels = state.store.read_raw(index)
-                items.append(LiveItem(run=state.run, seq=state.store.seq_of(index), index=index, pixels=pixels,
-                                      received_at=time.monotonic()))
-            return Batch(run=state.run, items=tuple(items), mode="backfill")
+            items = tuple(
+                LiveItem(run=state.run, seq=state.store.seq_of(index), index=index, pixels=pixels,
+                         received_at=time.monotonic())
+                for index, pixels in read_raw_frames(state.store, todo)
+            )
+            return Batch(run=state.run, items=items, mode="backfill")
         return None
 
     def _finalize_ready_runs(self) -> None:
@@ -135,22 +136,10 @@ class RestoreLoop(threading.Thread):
         if state is None or state.finished:
             return
         assert self.denoiser is not None
-        # denoisers answer in their input's dtype: float32 in when the store keeps float32
-        frames = np.stack([it.pixels for it in batch.items]).astype(state.store.restored_dtype, copy=False)
         t0 = time.perf_counter()
         try:
-            result = self.denoiser.restore(
-                frames, offset=state.start.camera_offset, gain=state.start.camera_gain
-            )
-            unc = result.uncertainty if self.cfg.store_uncertainty else None
-            state.store.write_restored(
-                [
-                    (it.index, result.frames[i], None if unc is None else unc[i])
-                    for i, it in enumerate(batch.items)
-                ],
-                self.denoiser.info,
-                batch.mode,
-            )
+            result = restore_into_store(state.store, self.denoiser, [(it.index, it.pixels) for it in batch.items],
+                                        batch.mode, keep_uncertainty=self.cfg.store_uncertainty)
         except Exception as exc:  # a model or disk failure must not kill the loop
             n = self._failures[state.run] = self._failures.get(state.run, 0) + 1
             state.counters.frames_failed += len(batch.items)
