@@ -22,6 +22,7 @@ from lowdose.plugins.denoisers.interface import Denoiser
 from .config import RestoreConfig, ServerConfig
 from .metrics import DaemonMetrics
 from lowdose.wire.protocol import Preview, encode
+from .phase import RunPhase
 from .restoring import read_raw_frames, restore_into_store
 from .runs import RunRegistry, RunState
 from .scheduler import Batch, LiveItem, Scheduler
@@ -123,8 +124,7 @@ class RestoreLoop(threading.Thread):
             if state.finished:
                 return
             state.summary = state.store.finalize(state.end)
-            state.finished = True
-            state.counters.state = "finished"
+            state.advance(RunPhase.FINISHED)
         self.scheduler.remove_run(state.run)
         self.metrics.active_runs.set(len(self.runs.active()))
         log.info("run %s finished: %s", state.run, state.store.path)

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import signal
 import threading
@@ -26,7 +25,6 @@ from lowdose import __version__
 from lowdose.plugins.denoisers.interface import Denoiser
 from lowdose.plugins.denoisers.registry import create_denoiser, resolve_device
 
-from .client import DaemonUnreachable, query_status
 from .config import LowdoseConfig
 from .metrics import DaemonMetrics, RunCounters
 from lowdose.wire.protocol import (
@@ -44,9 +42,11 @@ from lowdose.wire.protocol import (
     encode,
     frame_pixels,
 )
+from .phase import RunPhase
 from .restore_loop import RestoreLoop
 from .runs import RunRegistry, RunState
 from .scheduler import Scheduler
+from .sockets import DaemonError, bind_router
 from .write_loop import EndReceived, Received, WriteLoop
 from .writer import RunStore, StoreError
 
@@ -54,9 +54,7 @@ log = logging.getLogger("lowdose.daemon")
 
 MAX_MESSAGES_PER_POLL = 64
 
-
-class DaemonError(RuntimeError):
-    """The daemon cannot start; the message says why and what to change."""
+__all__ = ["Daemon", "DaemonError", "serve"]
 
 
 class Daemon:
@@ -112,7 +110,7 @@ class Daemon:
         self._pull = self.ctx.socket(zmq.PULL)
         self._pull.bind(self._outbox_address)
         try:
-            self._router = self._make_router()
+            self._router, self._auth = bind_router(self.ctx, self.cfg.server)
         except DaemonError:
             self.restore_loop.stopping.set()
             self.restore_loop.join(10)
@@ -127,7 +125,6 @@ class Daemon:
             scheduler=self.scheduler,
             metrics=self.metrics,
             daemon_id=self.id,
-            on_raw_complete=self._on_raw_complete,
         )
         self.write_loop.start()
         if self.cfg.metrics.port:
@@ -154,9 +151,10 @@ class Daemon:
                 continue
             start = store.start
             counters = RunCounters(run=start.run, instrument=start.instrument, store=str(store.path),
-                                   policy=self.cfg.restore.policy, state="resumed")
+                                   policy=self.cfg.restore.policy)
             counters.frames_written = store.raw_count()
-            self.runs.add(RunState(start=start, store=store, identity=b"", counters=counters))
+            self.runs.add(RunState(start=start, store=store, identity=b"", counters=counters,
+                                   initial_phase=RunPhase.RESUMED))
             self.scheduler.add_run(start.run)
             log.info("resumed unfinished run %s (%d raw frames, %d to restore)", start.run,
                      store.raw_count(), store.unrestored_count())
@@ -197,60 +195,6 @@ class Daemon:
         return False
 
     # -- sockets ----------------------------------------------------------------------
-
-    def _make_router(self) -> zmq.Socket:
-        scfg = self.cfg.server
-        sock = self.ctx.socket(zmq.ROUTER)
-        # small high-water marks: the frames waiting belong on the hook's side, not in here
-        sock.setsockopt(zmq.RCVHWM, scfg.rcvhwm_frames)
-        sock.setsockopt(zmq.SNDHWM, scfg.sndhwm_messages)
-        sock.setsockopt(zmq.LINGER, 0)
-        if scfg.curve.enabled:
-            self._setup_curve(sock)
-        for endpoint in scfg.endpoints:
-            self._refuse_live_ipc(endpoint, sock)
-            try:
-                sock.bind(endpoint)
-            except zmq.ZMQError as exc:
-                sock.close(linger=0)
-                raise DaemonError(
-                    f"cannot bind {endpoint}: {exc}. Is another lowdose daemon running? "
-                    "Change server.endpoints in config.yaml or stop the other one."
-                ) from None
-        return sock
-
-    @staticmethod
-    def _refuse_live_ipc(endpoint: str, sock: zmq.Socket) -> None:
-        # binding ipc:// silently unlinks a live daemon's socket file and steals its clients
-        path = endpoint.removeprefix("ipc://")
-        if not endpoint.startswith("ipc://") or not os.path.exists(path):
-            return
-        try:
-            query_status(endpoint, timeout=0.5)
-        except DaemonUnreachable:
-            return  # a stale socket file left by a crashed daemon: safe to take over
-        sock.close(linger=0)
-        raise DaemonError(
-            f"cannot bind {endpoint}: another lowdose daemon is serving it. "
-            "Stop it, or change server.endpoints in config.yaml."
-        )
-
-    def _setup_curve(self, sock: zmq.Socket) -> None:
-        import zmq.auth
-        from zmq.auth.thread import ThreadAuthenticator
-
-        curve = self.cfg.server.curve
-        if curve.server_secret_key is None or curve.authorized_keys_dir is None:
-            raise DaemonError("server.curve.enabled needs server_secret_key and authorized_keys_dir")
-        public, secret = zmq.auth.load_certificate(str(curve.server_secret_key))
-        if secret is None:
-            raise DaemonError(f"{curve.server_secret_key} holds no secret key (use the .key_secret file)")
-        self._auth = ThreadAuthenticator(self.ctx)
-        self._auth.start()
-        self._auth.configure_curve(domain="*", location=str(curve.authorized_keys_dir))
-        sock.curve_secretkey = secret
-        sock.curve_publickey = public
-        sock.curve_server = True
 
     def _io_loop(self) -> None:
         assert self._router is not None and self._pull is not None
@@ -354,7 +298,7 @@ class Daemon:
                                             reason=f"run {start.run!r} already exists with frames "
                                                    f"{state.start.shape} {state.start.dtype}; use a new run id"))
                 return
-            state.identity = identity
+            state.heard_from(identity)
         else:
             try:
                 store = RunStore.open(
@@ -387,7 +331,7 @@ class Daemon:
                                         reason=f"frame is {tuple(frame.shape)} {frame.dtype} but run started with "
                                                f"{tuple(state.start.shape)} {state.start.dtype}"))
             return
-        state.identity = identity
+        state.heard_from(identity)
         now = time.time()
         c = state.counters
         c.frames_received += 1
@@ -402,21 +346,17 @@ class Daemon:
         if state is None:
             self._unknown_run(identity, end.run, None)
             return
-        state.identity = identity
+        state.heard_from(identity)
         self._inbox.put(EndReceived(end=end))
-
-    def _on_raw_complete(self, state: RunState) -> None:
-        state.counters.state = "restoring"
 
     # -- status -----------------------------------------------------------------------
 
     def status(self) -> dict:
-        runs = []
-        for state in self.runs.all():
-            c = state.counters
-            c.restore_queue = self.scheduler.pending(state.run)
-            c.frames_skipped = max(c.frames_skipped, self.scheduler.skipped(state.run))
-            runs.append(c.snapshot())
+        runs = [
+            state.snapshot(restore_queue=self.scheduler.pending(state.run),
+                           frames_skipped=self.scheduler.skipped(state.run)).as_dict()
+            for state in self.runs.all()
+        ]
         info = self.restore_loop.denoiser.info if self.restore_loop and self.restore_loop.denoiser else None
         return {
             "daemon": self.id,

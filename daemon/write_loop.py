@@ -13,7 +13,6 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import zmq
@@ -21,6 +20,7 @@ import zmq
 from .metrics import DaemonMetrics
 from .outbox import OutboxWriter
 from lowdose.wire.protocol import Ack, End, Error, ErrorCode, Frame, ranges_from_seqs
+from .phase import RunPhase
 from .runs import RunRegistry, RunState
 from .scheduler import LiveItem, Scheduler
 from .writer import StoreError
@@ -56,7 +56,6 @@ class WriteLoop(threading.Thread):
         scheduler: Scheduler,
         metrics: DaemonMetrics,
         daemon_id: str,
-        on_raw_complete: Callable[[RunState], None],
     ):
         super().__init__(name="lowdose-write", daemon=True)
         self.ctx = ctx
@@ -66,7 +65,6 @@ class WriteLoop(threading.Thread):
         self.scheduler = scheduler
         self.metrics = metrics
         self.daemon_id = daemon_id
-        self.on_raw_complete = on_raw_complete
         self.stopping = threading.Event()
 
     def run(self) -> None:
@@ -154,10 +152,9 @@ class WriteLoop(threading.Thread):
             return
         store = state.store
         if store.raw_count() >= state.end.frames and all(store.has_seq(s) for s in range(state.end.frames)):
-            state.raw_complete = True
+            state.advance(RunPhase.RESTORING)
             outbox.send(
                 state.identity,
                 Ack(run=state.run, ranges=store.raw_seq_ranges(), daemon=self.daemon_id,
                     finished=True),
             )
-            self.on_raw_complete(state)
