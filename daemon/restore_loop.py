@@ -5,6 +5,9 @@ the live queues are empty it backfills: frames the policy skipped (or that
 arrived while the daemon was down) are read back from the raw image and
 restored, so every run ends fully restored. A run is finalized once its raw
 stream is complete and nothing is left to restore.
+
+A failed model call or restored write is counted and retried (by backfill); any
+other exception ends the loop, and the supervisor then ends the daemon (rule 2).
 """
 
 from __future__ import annotations
@@ -26,13 +29,14 @@ from .phase import RunPhase
 from .restoring import read_raw_frames, restore_into_store
 from .runs import RunRegistry, RunState
 from .scheduler import Batch, LiveItem, Scheduler
+from .supervisor import LoopThread
 
 log = logging.getLogger("lowdose.daemon.restore")
 
 MAX_CONSECUTIVE_FAILURES = 3
 
 
-class RestoreLoop(threading.Thread):
+class RestoreLoop(LoopThread):
     def __init__(
         self,
         *,
@@ -44,7 +48,7 @@ class RestoreLoop(threading.Thread):
         restore_cfg: RestoreConfig,
         server_cfg: ServerConfig,
     ):
-        super().__init__(name="lowdose-restore", daemon=True)
+        super().__init__(name="lowdose-restore", role="restore loop")
         self.ctx = ctx
         self.denoiser_factory = denoiser_factory
         self.runs = runs
@@ -59,7 +63,7 @@ class RestoreLoop(threading.Thread):
         self._failures: dict[str, int] = {}
         self._backfill_turn = 0
 
-    def run(self) -> None:
+    def loop(self) -> None:
         try:
             # built here so a CUDA context belongs to the thread that uses it
             self.denoiser = self.denoiser_factory()

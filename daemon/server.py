@@ -7,6 +7,10 @@
 * write loop (``write_loop.py``): raw frames to disk, then acks.
 * restore loop (``restore_loop.py``): batches to the denoiser, restored frames
   to disk, previews to viewers, backfill, finalization.
+
+A supervisor (``supervisor.py``) watches the three: if one dies, the daemon closes
+its ROUTER (no more heartbeats) and :func:`serve` raises :class:`DaemonFailed`, so
+``lowdose serve`` exits non-zero for a service manager to restart it (rule 2).
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from .restore_loop import RestoreLoop
 from .runs import RunRegistry, RunState
 from .scheduler import Scheduler
 from .sockets import DaemonError, bind_router
+from .supervisor import DaemonFailed, LoopDeath, LoopThread, Supervisor
 from .write_loop import EndReceived, Received, WriteLoop
 from .writer import RunStore, StoreError
 
@@ -54,11 +59,14 @@ log = logging.getLogger("lowdose.daemon")
 
 MAX_MESSAGES_PER_POLL = 64
 
-__all__ = ["Daemon", "DaemonError", "serve"]
+__all__ = ["Daemon", "DaemonError", "DaemonFailed", "serve"]
 
 
 class Daemon:
-    """Serve hooks until :meth:`stop`. Usable in-process (tests) or via :func:`serve`."""
+    """Serve hooks until :meth:`stop` or until a loop dies (then ``failure`` says which).
+
+    Usable in-process (tests) or via :func:`serve`.
+    """
 
     def __init__(self, cfg: LowdoseConfig, denoiser_factory: Callable[[], Denoiser] | None = None):
         self.cfg = cfg
@@ -79,12 +87,15 @@ class Daemon:
         self._outbox_address = f"inproc://lowdose-outbox-{self.id}"
         self._inbox: queue.Queue = queue.Queue(maxsize=cfg.storage.write_queue_frames)
         self._stop = threading.Event()
-        self._io_thread: threading.Thread | None = None
+        self._io_thread: LoopThread | None = None
         self._router: zmq.Socket | None = None
         self._pull: zmq.Socket | None = None
         self._auth = None
         self.write_loop: WriteLoop | None = None
         self.restore_loop: RestoreLoop | None = None
+        self.supervisor = Supervisor(self._fail)
+        self.failure: LoopDeath | None = None  # set once a loop died: the daemon no longer answers
+        self.failed = threading.Event()
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -129,8 +140,10 @@ class Daemon:
         self.write_loop.start()
         if self.cfg.metrics.port:
             self.metrics.serve_http(self.cfg.metrics.port, self.cfg.metrics.address)
-        self._io_thread = threading.Thread(target=self._io_loop, name="lowdose-io", daemon=True)
+        self._io_thread = LoopThread(name="lowdose-io", role="I/O thread", target=self._io_loop)
         self._io_thread.start()
+        self.supervisor.watch(self.restore_loop, self.write_loop, self._io_thread)
+        self.supervisor.start()
         log.info("lowdose daemon %s listening on %s (denoiser %s on %s)", self.id,
                  ", ".join(self.cfg.server.endpoints), self.cfg.restore.denoiser, self.device)
 
@@ -162,6 +175,7 @@ class Daemon:
 
     def stop(self, timeout: float = 60.0) -> None:
         """Stop receiving, write everything already received, finish the current batch."""
+        self.supervisor.stop()  # loops that end from here on were asked to
         self._stop.set()
         if self._io_thread is not None:
             self._io_thread.join(timeout)
@@ -183,6 +197,12 @@ class Daemon:
         if self._auth is not None:
             self._auth.stop()
         self.ctx.term()
+
+    def _fail(self, death: LoopDeath) -> None:
+        """The supervisor saw a loop die: stop answering now; the stores stay as their records say."""
+        self.failure = death
+        self.failed.set()
+        self._stop.set()  # the I/O thread closes the ROUTER when it sees this (a dead one cannot)
 
     def wait_idle(self, timeout: float) -> bool:
         """True once every run that ended is finished (tests and `demo` use this)."""
@@ -222,13 +242,18 @@ class Daemon:
                 self._forward_replies()
             if self._router in events:
                 for _ in range(MAX_MESSAGES_PER_POLL):
-                    if self._inbox.full():
+                    if self._inbox.full() or self.failed.is_set():  # failed: not one more answer
                         break
                     try:
                         parts = self._router.recv_multipart(zmq.NOBLOCK, copy=False)
                     except zmq.Again:
                         break
                     self._handle(parts[0].bytes, parts[1:])
+        if self.failed.is_set():
+            # Silence, at once: a hook that still hears us would wait for acks that never come
+            # instead of resending to the daemon that replaces us (rule 2).
+            self._router.close(linger=0)
+            return
         self._forward_replies()
 
     def _forward_replies(self) -> None:
@@ -372,7 +397,11 @@ class Daemon:
 
 
 def serve(cfg: LowdoseConfig, *, ready: Callable[[Daemon], None] | None = None) -> None:
-    """Run a daemon until SIGINT or SIGTERM, then finish what it holds and exit."""
+    """Run a daemon until SIGINT or SIGTERM, then finish what it holds and return.
+
+    If one of its loops dies, the daemon stops answering and this raises :class:`DaemonFailed`:
+    the caller exits non-zero and a service manager starts a fresh daemon (crash-only, rule 2).
+    """
     daemon = Daemon(cfg)
     daemon.start()
     stop = threading.Event()
@@ -385,9 +414,11 @@ def serve(cfg: LowdoseConfig, *, ready: Callable[[Daemon], None] | None = None) 
     try:
         if ready is not None:
             ready(daemon)
-        while not stop.wait(0.5):
+        while not stop.is_set() and not daemon.failed.wait(0.2):
             pass
     finally:
         daemon.stop()
         for s, handler in previous.items():
             signal.signal(s, handler)
+    if daemon.failure is not None:
+        raise DaemonFailed(daemon.failure)

@@ -23,6 +23,7 @@ from lowdose.wire.protocol import Ack, End, Error, ErrorCode, Frame, ranges_from
 from .phase import RunPhase
 from .runs import RunRegistry, RunState
 from .scheduler import LiveItem, Scheduler
+from .supervisor import LoopThread
 from .writer import StoreError
 
 log = logging.getLogger("lowdose.daemon.write")
@@ -45,7 +46,10 @@ class EndReceived:
     end: End
 
 
-class WriteLoop(threading.Thread):
+class WriteLoop(LoopThread):
+    """Raw frames to disk, then acks. An exception other than :class:`StoreError` ends it, and the
+    supervisor then ends the daemon: frames it held were never acked, so the hooks resend them (rule 2)."""
+
     def __init__(
         self,
         *,
@@ -57,7 +61,7 @@ class WriteLoop(threading.Thread):
         metrics: DaemonMetrics,
         daemon_id: str,
     ):
-        super().__init__(name="lowdose-write", daemon=True)
+        super().__init__(name="lowdose-write", role="write loop")
         self.ctx = ctx
         self.outbox_address = outbox_address
         self.inbox = inbox
@@ -67,7 +71,7 @@ class WriteLoop(threading.Thread):
         self.daemon_id = daemon_id
         self.stopping = threading.Event()
 
-    def run(self) -> None:
+    def loop(self) -> None:
         outbox = OutboxWriter(self.ctx, self.outbox_address)
         try:
             while not (self.stopping.is_set() and self.inbox.empty()):
