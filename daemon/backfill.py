@@ -11,13 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
 from lowdose import __version__
 from lowdose.plugins.denoisers.interface import Denoiser
 
 from .config import StorageConfig
 from lowdose.wire.protocol import End
+from .restoring import read_raw_frames, restore_into_store
 from .store import RunStore
 
 
@@ -43,17 +42,8 @@ def backfill_store(
     store = RunStore.reopen(path, storage, __version__)
     try:
         todo = store.raw_indices() if redo else store.unrestored()
-        start = store.start
         for i in range(0, len(todo), batch_size):
-            chunk = todo[i : i + batch_size]
-            frames = np.stack([store.read_raw(ix) for ix in chunk]).astype(store.restored_dtype, copy=False)
-            result = denoiser.restore(frames, offset=start.camera_offset, gain=start.camera_gain)
-            unc = result.uncertainty
-            store.write_restored(
-                [(ix, result.frames[k], None if unc is None else unc[k]) for k, ix in enumerate(chunk)],
-                denoiser.info,
-                "backfill",
-            )
+            restore_into_store(store, denoiser, read_raw_frames(store, todo[i : i + batch_size]), "backfill")
             if progress is not None:
                 progress(min(i + batch_size, len(todo)), len(todo))
         stored_end = RunStore.read_state(store.path).get("end")

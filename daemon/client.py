@@ -10,6 +10,8 @@ import zmq
 
 from lowdose.wire.protocol import Error, ProtocolError, StatusReply, StatusRequest, decode, encode
 
+from .phase import RunPhase
+
 
 class DaemonUnreachable(RuntimeError):
     """No daemon answered; the message says where we looked and what to check."""
@@ -63,7 +65,7 @@ def wait_run_finished(
         last = next((r for r in status["runs"] if r["run"] == run), {})
         if on_status is not None and last:
             on_status(last)
-        if last.get("state") == "finished":
+        if last.get("state") == RunPhase.FINISHED:
             return last
         time.sleep(poll_s)
     raise TimeoutError(f"run {run!r} did not finish within {timeout:.0f} s; last status: {last}")

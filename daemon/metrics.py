@@ -9,21 +9,22 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from .phase import RunPhase
+
 
 @dataclass
 class RunCounters:
-    """What `lowdose status` reports per run."""
+    """The per-run numbers the daemon's threads update; `lowdose status` shows a :class:`RunSnapshot`."""
 
     run: str
     instrument: str
     store: str
     policy: str
-    state: str = "acquiring"  # acquiring -> restoring (end received, raw complete) -> finished
     frames_received: int = 0
     frames_duplicate: int = 0
     frames_written: int = 0
@@ -38,6 +39,13 @@ class RunCounters:
     last_frame_at: float | None = None
     lag_p50_s: float | None = None
     lag_p95_s: float | None = None
+    # Written only by RunState.advance, which checks the move against phase.TRANSITIONS;
+    # hence no public setter.
+    _phase: RunPhase = RunPhase.RECEIVING
+
+    @property
+    def state(self) -> RunPhase:
+        return self._phase
 
     @property
     def fps(self) -> float | None:
@@ -46,10 +54,44 @@ class RunCounters:
         span = self.last_frame_at - self.first_frame_at
         return (self.frames_received - 1) / span if span > 0 else None
 
-    def snapshot(self) -> dict:
-        d = asdict(self)
-        d["fps"] = self.fps
-        return d
+    def snapshot(self, *, restore_queue: int | None = None, frames_skipped: int | None = None) -> RunSnapshot:
+        """A frozen copy for a status reply; the queue numbers, when given, are the scheduler's current ones."""
+        values = {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
+        if restore_queue is not None:
+            values["restore_queue"] = restore_queue
+        if frames_skipped is not None:
+            values["frames_skipped"] = max(self.frames_skipped, frames_skipped)
+        return RunSnapshot(state=self._phase.value, fps=self.fps, **values)
+
+
+@dataclass(frozen=True)
+class RunSnapshot:
+    """One run as `lowdose status` reports it. The keys of :meth:`as_dict` are the status format
+    (the CLI, the demo and scripts read them): rename none."""
+
+    run: str
+    instrument: str
+    store: str
+    policy: str
+    state: str  # a RunPhase value
+    frames_received: int
+    frames_duplicate: int
+    frames_written: int
+    frames_restored_live: int
+    frames_restored_backfill: int
+    frames_skipped: int
+    frames_failed: int
+    restore_queue: int
+    expected_frames: int | None
+    started_at: float
+    first_frame_at: float | None
+    last_frame_at: float | None
+    lag_p50_s: float | None
+    lag_p95_s: float | None
+    fps: float | None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
 
 
 class LagTracker:

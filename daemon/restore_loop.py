@@ -5,6 +5,9 @@ the live queues are empty it backfills: frames the policy skipped (or that
 arrived while the daemon was down) are read back from the raw image and
 restored, so every run ends fully restored. A run is finalized once its raw
 stream is complete and nothing is left to restore.
+
+A failed model call or restored write is counted and retried (by backfill); any
+other exception ends the loop, and the supervisor then ends the daemon (rule 2).
 """
 
 from __future__ import annotations
@@ -22,15 +25,18 @@ from lowdose.plugins.denoisers.interface import Denoiser
 from .config import RestoreConfig, ServerConfig
 from .metrics import DaemonMetrics
 from lowdose.wire.protocol import Preview, encode
+from .phase import RunPhase
+from .restoring import read_raw_frames, restore_into_store
 from .runs import RunRegistry, RunState
 from .scheduler import Batch, LiveItem, Scheduler
+from .supervisor import LoopThread
 
 log = logging.getLogger("lowdose.daemon.restore")
 
 MAX_CONSECUTIVE_FAILURES = 3
 
 
-class RestoreLoop(threading.Thread):
+class RestoreLoop(LoopThread):
     def __init__(
         self,
         *,
@@ -42,7 +48,7 @@ class RestoreLoop(threading.Thread):
         restore_cfg: RestoreConfig,
         server_cfg: ServerConfig,
     ):
-        super().__init__(name="lowdose-restore", daemon=True)
+        super().__init__(name="lowdose-restore", role="restore loop")
         self.ctx = ctx
         self.denoiser_factory = denoiser_factory
         self.runs = runs
@@ -57,7 +63,7 @@ class RestoreLoop(threading.Thread):
         self._failures: dict[str, int] = {}
         self._backfill_turn = 0
 
-    def run(self) -> None:
+    def loop(self) -> None:
         try:
             # built here so a CUDA context belongs to the thread that uses it
             self.denoiser = self.denoiser_factory()
@@ -100,12 +106,12 @@ class RestoreLoop(threading.Thread):
             if not todo:
                 continue
             self._backfill_turn += k + 1
-            items = []
-            for index in todo:
-                pixels = state.store.read_raw(index)
-                items.append(LiveItem(run=state.run, seq=state.store.seq_of(index), index=index, pixels=pixels,
-                                      received_at=time.monotonic()))
-            return Batch(run=state.run, items=tuple(items), mode="backfill")
+            items = tuple(
+                LiveItem(run=state.run, seq=state.store.seq_of(index), index=index, pixels=pixels,
+                         received_at=time.monotonic())
+                for index, pixels in read_raw_frames(state.store, todo)
+            )
+            return Batch(run=state.run, items=items, mode="backfill")
         return None
 
     def _finalize_ready_runs(self) -> None:
@@ -122,8 +128,7 @@ class RestoreLoop(threading.Thread):
             if state.finished:
                 return
             state.summary = state.store.finalize(state.end)
-            state.finished = True
-            state.counters.state = "finished"
+            state.advance(RunPhase.FINISHED)
         self.scheduler.remove_run(state.run)
         self.metrics.active_runs.set(len(self.runs.active()))
         log.info("run %s finished: %s", state.run, state.store.path)
@@ -135,22 +140,10 @@ class RestoreLoop(threading.Thread):
         if state is None or state.finished:
             return
         assert self.denoiser is not None
-        # denoisers answer in their input's dtype: float32 in when the store keeps float32
-        frames = np.stack([it.pixels for it in batch.items]).astype(state.store.restored_dtype, copy=False)
         t0 = time.perf_counter()
         try:
-            result = self.denoiser.restore(
-                frames, offset=state.start.camera_offset, gain=state.start.camera_gain
-            )
-            unc = result.uncertainty if self.cfg.store_uncertainty else None
-            state.store.write_restored(
-                [
-                    (it.index, result.frames[i], None if unc is None else unc[i])
-                    for i, it in enumerate(batch.items)
-                ],
-                self.denoiser.info,
-                batch.mode,
-            )
+            result = restore_into_store(state.store, self.denoiser, [(it.index, it.pixels) for it in batch.items],
+                                        batch.mode, keep_uncertainty=self.cfg.store_uncertainty)
         except Exception as exc:  # a model or disk failure must not kill the loop
             n = self._failures[state.run] = self._failures.get(state.run, 0) + 1
             state.counters.frames_failed += len(batch.items)

@@ -7,12 +7,15 @@
 * write loop (``write_loop.py``): raw frames to disk, then acks.
 * restore loop (``restore_loop.py``): batches to the denoiser, restored frames
   to disk, previews to viewers, backfill, finalization.
+
+A supervisor (``supervisor.py``) watches the three: if one dies, the daemon closes
+its ROUTER (no more heartbeats) and :func:`serve` raises :class:`DaemonFailed`, so
+``lowdose serve`` exits non-zero for a service manager to restart it (rule 2).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import signal
 import threading
@@ -26,13 +29,13 @@ from lowdose import __version__
 from lowdose.plugins.denoisers.interface import Denoiser
 from lowdose.plugins.denoisers.registry import create_denoiser, resolve_device
 
-from .client import DaemonUnreachable, query_status
 from .config import LowdoseConfig
 from .metrics import DaemonMetrics, RunCounters
 from lowdose.wire.protocol import (
     Ack,
     End,
     Error,
+    ErrorCode,
     Frame,
     Heartbeat,
     ProtocolError,
@@ -43,9 +46,12 @@ from lowdose.wire.protocol import (
     encode,
     frame_pixels,
 )
+from .phase import RunPhase
 from .restore_loop import RestoreLoop
 from .runs import RunRegistry, RunState
 from .scheduler import Scheduler
+from .sockets import DaemonError, bind_router
+from .supervisor import DaemonFailed, LoopDeath, LoopThread, Supervisor
 from .write_loop import EndReceived, Received, WriteLoop
 from .store import RunStore, StoreError
 
@@ -53,13 +59,14 @@ log = logging.getLogger("lowdose.daemon")
 
 MAX_MESSAGES_PER_POLL = 64
 
-
-class DaemonError(RuntimeError):
-    """The daemon cannot start; the message says why and what to change."""
+__all__ = ["Daemon", "DaemonError", "DaemonFailed", "serve"]
 
 
 class Daemon:
-    """Serve hooks until :meth:`stop`. Usable in-process (tests) or via :func:`serve`."""
+    """Serve hooks until :meth:`stop` or until a loop dies (then ``failure`` says which).
+
+    Usable in-process (tests) or via :func:`serve`.
+    """
 
     def __init__(self, cfg: LowdoseConfig, denoiser_factory: Callable[[], Denoiser] | None = None):
         self.cfg = cfg
@@ -80,12 +87,15 @@ class Daemon:
         self._outbox_address = f"inproc://lowdose-outbox-{self.id}"
         self._inbox: queue.Queue = queue.Queue(maxsize=cfg.storage.write_queue_frames)
         self._stop = threading.Event()
-        self._io_thread: threading.Thread | None = None
+        self._io_thread: LoopThread | None = None
         self._router: zmq.Socket | None = None
         self._pull: zmq.Socket | None = None
         self._auth = None
         self.write_loop: WriteLoop | None = None
         self.restore_loop: RestoreLoop | None = None
+        self.supervisor = Supervisor(self._fail)
+        self.failure: LoopDeath | None = None  # set once a loop died: the daemon no longer answers
+        self.failed = threading.Event()
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -111,7 +121,7 @@ class Daemon:
         self._pull = self.ctx.socket(zmq.PULL)
         self._pull.bind(self._outbox_address)
         try:
-            self._router = self._make_router()
+            self._router, self._auth = bind_router(self.ctx, self.cfg.server)
         except DaemonError:
             self.restore_loop.stopping.set()
             self.restore_loop.join(10)
@@ -126,13 +136,14 @@ class Daemon:
             scheduler=self.scheduler,
             metrics=self.metrics,
             daemon_id=self.id,
-            on_raw_complete=self._on_raw_complete,
         )
         self.write_loop.start()
         if self.cfg.metrics.port:
             self.metrics.serve_http(self.cfg.metrics.port, self.cfg.metrics.address)
-        self._io_thread = threading.Thread(target=self._io_loop, name="lowdose-io", daemon=True)
+        self._io_thread = LoopThread(name="lowdose-io", role="I/O thread", target=self._io_loop)
         self._io_thread.start()
+        self.supervisor.watch(self.restore_loop, self.write_loop, self._io_thread)
+        self.supervisor.start()
         log.info("lowdose daemon %s listening on %s (denoiser %s on %s)", self.id,
                  ", ".join(self.cfg.server.endpoints), self.cfg.restore.denoiser, self.device)
 
@@ -153,9 +164,10 @@ class Daemon:
                 continue
             start = store.start
             counters = RunCounters(run=start.run, instrument=start.instrument, store=str(store.path),
-                                   policy=self.cfg.restore.policy, state="resumed")
+                                   policy=self.cfg.restore.policy)
             counters.frames_written = store.raw_count()
-            self.runs.add(RunState(start=start, store=store, identity=b"", counters=counters))
+            self.runs.add(RunState(start=start, store=store, identity=b"", counters=counters,
+                                   initial_phase=RunPhase.RESUMED))
             self.scheduler.add_run(start.run)
             log.info("resumed unfinished run %s (%d raw frames, %d to restore)", start.run,
                      store.raw_count(), store.unrestored_count())
@@ -163,6 +175,7 @@ class Daemon:
 
     def stop(self, timeout: float = 60.0) -> None:
         """Stop receiving, write everything already received, finish the current batch."""
+        self.supervisor.stop()  # loops that end from here on were asked to
         self._stop.set()
         if self._io_thread is not None:
             self._io_thread.join(timeout)
@@ -185,6 +198,12 @@ class Daemon:
             self._auth.stop()
         self.ctx.term()
 
+    def _fail(self, death: LoopDeath) -> None:
+        """The supervisor saw a loop die: stop answering now; the stores stay as their records say."""
+        self.failure = death
+        self.failed.set()
+        self._stop.set()  # the I/O thread closes the ROUTER when it sees this (a dead one cannot)
+
     def wait_idle(self, timeout: float) -> bool:
         """True once every run that ended is finished (tests and `demo` use this)."""
         deadline = time.monotonic() + timeout
@@ -196,60 +215,6 @@ class Daemon:
         return False
 
     # -- sockets ----------------------------------------------------------------------
-
-    def _make_router(self) -> zmq.Socket:
-        scfg = self.cfg.server
-        sock = self.ctx.socket(zmq.ROUTER)
-        # small high-water marks: the frames waiting belong on the hook's side, not in here
-        sock.setsockopt(zmq.RCVHWM, scfg.rcvhwm_frames)
-        sock.setsockopt(zmq.SNDHWM, scfg.sndhwm_messages)
-        sock.setsockopt(zmq.LINGER, 0)
-        if scfg.curve.enabled:
-            self._setup_curve(sock)
-        for endpoint in scfg.endpoints:
-            self._refuse_live_ipc(endpoint, sock)
-            try:
-                sock.bind(endpoint)
-            except zmq.ZMQError as exc:
-                sock.close(linger=0)
-                raise DaemonError(
-                    f"cannot bind {endpoint}: {exc}. Is another lowdose daemon running? "
-                    "Change server.endpoints in config.yaml or stop the other one."
-                ) from None
-        return sock
-
-    @staticmethod
-    def _refuse_live_ipc(endpoint: str, sock: zmq.Socket) -> None:
-        # binding ipc:// silently unlinks a live daemon's socket file and steals its clients
-        path = endpoint.removeprefix("ipc://")
-        if not endpoint.startswith("ipc://") or not os.path.exists(path):
-            return
-        try:
-            query_status(endpoint, timeout=0.5)
-        except DaemonUnreachable:
-            return  # a stale socket file left by a crashed daemon: safe to take over
-        sock.close(linger=0)
-        raise DaemonError(
-            f"cannot bind {endpoint}: another lowdose daemon is serving it. "
-            "Stop it, or change server.endpoints in config.yaml."
-        )
-
-    def _setup_curve(self, sock: zmq.Socket) -> None:
-        import zmq.auth
-        from zmq.auth.thread import ThreadAuthenticator
-
-        curve = self.cfg.server.curve
-        if curve.server_secret_key is None or curve.authorized_keys_dir is None:
-            raise DaemonError("server.curve.enabled needs server_secret_key and authorized_keys_dir")
-        public, secret = zmq.auth.load_certificate(str(curve.server_secret_key))
-        if secret is None:
-            raise DaemonError(f"{curve.server_secret_key} holds no secret key (use the .key_secret file)")
-        self._auth = ThreadAuthenticator(self.ctx)
-        self._auth.start()
-        self._auth.configure_curve(domain="*", location=str(curve.authorized_keys_dir))
-        sock.curve_secretkey = secret
-        sock.curve_publickey = public
-        sock.curve_server = True
 
     def _io_loop(self) -> None:
         assert self._router is not None and self._pull is not None
@@ -277,13 +242,18 @@ class Daemon:
                 self._forward_replies()
             if self._router in events:
                 for _ in range(MAX_MESSAGES_PER_POLL):
-                    if self._inbox.full():
+                    if self._inbox.full() or self.failed.is_set():  # failed: not one more answer
                         break
                     try:
                         parts = self._router.recv_multipart(zmq.NOBLOCK, copy=False)
                     except zmq.Again:
                         break
                     self._handle(parts[0].bytes, parts[1:])
+        if self.failed.is_set():
+            # Silence, at once: a hook that still hears us would wait for acks that never come
+            # instead of resending to the daemon that replaces us (rule 2).
+            self._router.close(linger=0)
+            return
         self._forward_replies()
 
     def _forward_replies(self) -> None:
@@ -329,17 +299,15 @@ class Daemon:
         elif isinstance(msg, StatusRequest):
             self._reply(identity, StatusReply(daemon=self.id, status=self.status()))
         else:
-            self.metrics.messages_rejected.labels("unexpected_kind").inc()
-            self._reply(
-                identity,
-                Error(code="unexpected_kind", reason=f"a daemon does not accept {msg.kind!r} messages", daemon=self.id),
-            )
+            self.metrics.messages_rejected.labels(ErrorCode.UNEXPECTED_KIND).inc()
+            self._reply(identity, Error(code=ErrorCode.UNEXPECTED_KIND, daemon=self.id,
+                                        reason=f"a daemon does not accept {msg.kind!r} messages"))
 
     def _unknown_run(self, identity: bytes, run: str, seq: int | None) -> None:
         self._reply(
             identity,
             Error(
-                code="unknown_run",
+                code=ErrorCode.UNKNOWN_RUN,
                 reason=f"run {run!r} has not been started on this daemon (send start first)",
                 run=run,
                 seq=seq,
@@ -351,18 +319,19 @@ class Daemon:
         state = self.runs.get(start.run)
         if state is not None:
             if (state.start.shape, state.start.dtype) != (start.shape, start.dtype):
-                self._reply(identity, Error(code="start_mismatch", run=start.run, daemon=self.id,
+                self._reply(identity, Error(code=ErrorCode.START_MISMATCH, run=start.run, daemon=self.id,
                                             reason=f"run {start.run!r} already exists with frames "
                                                    f"{state.start.shape} {state.start.dtype}; use a new run id"))
                 return
-            state.identity = identity
+            state.heard_from(identity)
         else:
             try:
                 store = RunStore.open(
                     self.cfg.storage.output_dir, start, self.cfg.storage, __version__, policy=self.cfg.restore.policy
                 )
             except StoreError as exc:
-                self._reply(identity, Error(code="store_failed", reason=str(exc), run=start.run, daemon=self.id))
+                self._reply(identity, Error(code=ErrorCode.STORE_FAILED, reason=str(exc), run=start.run,
+                                            daemon=self.id))
                 return
             counters = RunCounters(
                 run=start.run, instrument=start.instrument, store=str(store.path), policy=self.cfg.restore.policy
@@ -382,12 +351,12 @@ class Daemon:
             self._unknown_run(identity, frame.run, frame.seq)
             return
         if (tuple(frame.shape), frame.dtype) != (tuple(state.start.shape), state.start.dtype):
-            self.metrics.messages_rejected.labels("shape_mismatch").inc()
-            self._reply(identity, Error(code="shape_mismatch", run=frame.run, seq=frame.seq, daemon=self.id,
+            self.metrics.messages_rejected.labels(ErrorCode.SHAPE_MISMATCH).inc()
+            self._reply(identity, Error(code=ErrorCode.SHAPE_MISMATCH, run=frame.run, seq=frame.seq, daemon=self.id,
                                         reason=f"frame is {tuple(frame.shape)} {frame.dtype} but run started with "
                                                f"{tuple(state.start.shape)} {state.start.dtype}"))
             return
-        state.identity = identity
+        state.heard_from(identity)
         now = time.time()
         c = state.counters
         c.frames_received += 1
@@ -402,21 +371,17 @@ class Daemon:
         if state is None:
             self._unknown_run(identity, end.run, None)
             return
-        state.identity = identity
+        state.heard_from(identity)
         self._inbox.put(EndReceived(end=end))
-
-    def _on_raw_complete(self, state: RunState) -> None:
-        state.counters.state = "restoring"
 
     # -- status -----------------------------------------------------------------------
 
     def status(self) -> dict:
-        runs = []
-        for state in self.runs.all():
-            c = state.counters
-            c.restore_queue = self.scheduler.pending(state.run)
-            c.frames_skipped = max(c.frames_skipped, self.scheduler.skipped(state.run))
-            runs.append(c.snapshot())
+        runs = [
+            state.snapshot(restore_queue=self.scheduler.pending(state.run),
+                           frames_skipped=self.scheduler.skipped(state.run)).as_dict()
+            for state in self.runs.all()
+        ]
         info = self.restore_loop.denoiser.info if self.restore_loop and self.restore_loop.denoiser else None
         return {
             "daemon": self.id,
@@ -432,7 +397,11 @@ class Daemon:
 
 
 def serve(cfg: LowdoseConfig, *, ready: Callable[[Daemon], None] | None = None) -> None:
-    """Run a daemon until SIGINT or SIGTERM, then finish what it holds and exit."""
+    """Run a daemon until SIGINT or SIGTERM, then finish what it holds and return.
+
+    If one of its loops dies, the daemon stops answering and this raises :class:`DaemonFailed`:
+    the caller exits non-zero and a service manager starts a fresh daemon (crash-only, rule 2).
+    """
     daemon = Daemon(cfg)
     daemon.start()
     stop = threading.Event()
@@ -445,9 +414,11 @@ def serve(cfg: LowdoseConfig, *, ready: Callable[[Daemon], None] | None = None) 
     try:
         if ready is not None:
             ready(daemon)
-        while not stop.wait(0.5):
+        while not stop.is_set() and not daemon.failed.wait(0.2):
             pass
     finally:
         daemon.stop()
         for s, handler in previous.items():
             signal.signal(s, handler)
+    if daemon.failure is not None:
+        raise DaemonFailed(daemon.failure)

@@ -13,17 +13,18 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import zmq
 
 from .metrics import DaemonMetrics
 from .outbox import OutboxWriter
-from lowdose.wire.protocol import Ack, End, Error, Frame, ranges_from_seqs
+from lowdose.wire.protocol import Ack, End, Error, ErrorCode, Frame, ranges_from_seqs
+from .phase import RunPhase
 from .runs import RunRegistry, RunState
 from .scheduler import LiveItem, Scheduler
 from .store import StoreError
+from .supervisor import LoopThread
 
 log = logging.getLogger("lowdose.daemon.write")
 
@@ -45,7 +46,10 @@ class EndReceived:
     end: End
 
 
-class WriteLoop(threading.Thread):
+class WriteLoop(LoopThread):
+    """Raw frames to disk, then acks. An exception other than :class:`StoreError` ends it, and the
+    supervisor then ends the daemon: frames it held were never acked, so the hooks resend them (rule 2)."""
+
     def __init__(
         self,
         *,
@@ -56,9 +60,8 @@ class WriteLoop(threading.Thread):
         scheduler: Scheduler,
         metrics: DaemonMetrics,
         daemon_id: str,
-        on_raw_complete: Callable[[RunState], None],
     ):
-        super().__init__(name="lowdose-write", daemon=True)
+        super().__init__(name="lowdose-write", role="write loop")
         self.ctx = ctx
         self.outbox_address = outbox_address
         self.inbox = inbox
@@ -66,10 +69,9 @@ class WriteLoop(threading.Thread):
         self.scheduler = scheduler
         self.metrics = metrics
         self.daemon_id = daemon_id
-        self.on_raw_complete = on_raw_complete
         self.stopping = threading.Event()
 
-    def run(self) -> None:
+    def loop(self) -> None:
         outbox = OutboxWriter(self.ctx, self.outbox_address)
         try:
             while not (self.stopping.is_set() and self.inbox.empty()):
@@ -119,10 +121,8 @@ class WriteLoop(threading.Thread):
             state.counters.frames_failed += len(batch)
             self.metrics.frames_failed.labels(state.run).inc(len(batch))
             for r in batch:
-                outbox.send(
-                    state.identity,
-                    Error(code="store_failed", reason=str(exc), run=state.run, seq=r.frame.seq, daemon=self.daemon_id),
-                )
+                outbox.send(state.identity, Error(code=ErrorCode.STORE_FAILED, reason=str(exc), run=state.run,
+                                                  seq=r.frame.seq, daemon=self.daemon_id))
             return
         self.metrics.write_seconds.observe(time.perf_counter() - t0)
         stored_set = set(stored)
@@ -156,10 +156,9 @@ class WriteLoop(threading.Thread):
             return
         store = state.store
         if store.raw_count() >= state.end.frames and all(store.has_seq(s) for s in range(state.end.frames)):
-            state.raw_complete = True
+            state.advance(RunPhase.RESTORING)
             outbox.send(
                 state.identity,
                 Ack(run=state.run, ranges=store.raw_seq_ranges(), daemon=self.daemon_id,
                     finished=True),
             )
-            self.on_raw_complete(state)

@@ -43,9 +43,17 @@ def serve(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="config.yaml (default: the shipped defaults)"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
-    """Run the daemon until SIGINT/SIGTERM; it then writes what it holds and exits."""
+    """Run the daemon until SIGINT/SIGTERM; it then writes what it holds and exits 0.
+
+    Crash-only: if one of its loops dies, the daemon stops answering and exits 70
+    (EX_SOFTWARE); the hooks resend to the next one. Run it under a service manager that
+    restarts it, e.g. systemd with Restart=on-failure (the unit: docs/lowdose.service).
+    Exit codes: 0 stopped by a signal, 1 cannot start, 2 bad config, 70 a loop died.
+    """
     cfg = _load(config)
-    from lowdose.daemon.server import DaemonError, serve as run_daemon
+    from lowdose.daemon.server import DaemonError, DaemonFailed, serve as run_daemon
+    from lowdose.daemon.supervisor import EX_SOFTWARE
+    from rich.markup import escape
 
     _setup_logging(verbose)
     try:
@@ -53,6 +61,10 @@ def serve(
     except DaemonError as exc:
         err_console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
+    except DaemonFailed as exc:
+        # one line, unwrapped: journald shows it as the reason for the restart
+        err_console.print(f"[red]error:[/red] {escape(str(exc))}; exiting {EX_SOFTWARE}", soft_wrap=True)
+        raise typer.Exit(EX_SOFTWARE) from None
 
 
 @app.command()

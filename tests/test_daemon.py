@@ -225,3 +225,53 @@ def test_restored_can_be_stored_as_float32(tmp_path):
     root = zarr.open_group(str(tmp_path / "data" / "run-f32.ome.zarr"), mode="r")
     assert root["raw/0"].dtype == np.uint16 and root["restored/0"].dtype == np.float32
     np.testing.assert_array_equal(root["restored/0"][2, 0, 0], ramp(2).astype(np.float32))
+
+
+STATUS_RUN_KEYS = [
+    "run", "instrument", "store", "policy", "state", "frames_received", "frames_duplicate", "frames_written",
+    "frames_restored_live", "frames_restored_backfill", "frames_skipped", "frames_failed", "restore_queue",
+    "expected_frames", "started_at", "first_frame_at", "last_frame_at", "lag_p50_s", "lag_p95_s", "fps",
+]
+
+
+def test_status_keeps_its_keys_and_reports_the_run_phase(daemon):
+    from lowdose.daemon.phase import RunPhase
+
+    c = WireClient(daemon.cfg.server.endpoints[0])
+    c.send(_start("run-phase"))
+    c.recv_until(lambda m: isinstance(m, p.Ack))
+    run = query_status(daemon.cfg.server.endpoints[0])["runs"][0]
+    assert list(run) == STATUS_RUN_KEYS  # the CLI, the demo and scripts read these
+    assert run["state"] == RunPhase.RECEIVING.value == "receiving"
+    c.close()
+    _stream(daemon, "run-phase", range(3), end_frames=3)
+    assert daemon.wait_idle(30)
+    assert query_status(daemon.cfg.server.endpoints[0])["runs"][0]["state"] == "finished"
+
+
+def test_a_run_moves_only_along_the_transition_table():
+    from lowdose.daemon.metrics import RunCounters
+    from lowdose.daemon.phase import PhaseError, RunPhase
+    from lowdose.daemon.runs import RunState
+
+    def run(phase=RunPhase.RECEIVING):
+        counters = RunCounters(run="r", instrument="i", store="s", policy="fifo")
+        return RunState(start=_start("r"), store=None, identity=b"", counters=counters, initial_phase=phase)
+
+    live = run()
+    with pytest.raises(PhaseError):
+        live.advance(RunPhase.FINISHED)  # finalized before its raw stream completed
+    live.advance(RunPhase.RESTORING)
+    assert live.raw_complete and not live.finished
+    live.advance(RunPhase.FINISHED)
+    assert live.finished and live.counters.snapshot().state == "finished"
+    with pytest.raises(PhaseError):
+        live.advance(RunPhase.RECEIVING)
+
+    resumed = run(RunPhase.RESUMED)
+    resumed.heard_from(b"hook-2")  # its hook is back
+    assert resumed.phase is RunPhase.RECEIVING and resumed.identity == b"hook-2"
+    resumed.heard_from(b"hook-3")  # and stays receiving
+    assert resumed.phase is RunPhase.RECEIVING
+    with pytest.raises(PhaseError):
+        run(RunPhase.FINISHED)

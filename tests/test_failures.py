@@ -1,9 +1,10 @@
-"""Failure paths with real parts: a full disk, CURVE security, metrics, the status command."""
+"""Failure paths with real parts: a full disk, CURVE security, metrics, the status command, dying loops."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
@@ -11,6 +12,8 @@ import numpy as np
 import pytest
 import zarr
 
+from lowdose.daemon import server
+from lowdose.daemon.client import DaemonUnreachable, query_status
 from lowdose.daemon.config import load_config
 from lowdose.wire.protocol import FrameIndex, Start
 from lowdose.daemon.server import Daemon
@@ -197,3 +200,123 @@ def test_acquire_command_runs_a_useq_file_on_the_democamera(tmp_path):
         capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 1 and "not a valid useq-schema MDASequence" in proc.stderr
+
+
+# ----------------------------------------------------------------------------- crash-only (rule 2)
+
+
+def _arm_failure(monkeypatch, owner, name: str) -> threading.Event:
+    """``owner.name`` raises RuntimeError once, on its first call after the returned event is set."""
+    original = getattr(owner, name)
+    armed = threading.Event()
+
+    def fail_once_armed(*args, **kwargs):
+        if armed.is_set():
+            armed.clear()
+            raise RuntimeError(f"injected failure in {name}")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, fail_once_armed)
+    return armed
+
+
+def _wait(predicate, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return predicate()
+
+
+# Each loop of the daemon, and one of the calls it makes outside its own error handling: a bug there
+# ends the loop (server.RunStore is whatever class the daemon's stores are).
+LOOP_DEATHS = {
+    "write loop": (lambda: server.RunStore, "write_raw"),
+    "restore loop": (lambda: server.RunStore, "unrestored"),
+    "I/O thread": (lambda: Daemon, "_handle"),
+}
+
+
+@pytest.mark.parametrize("loop", list(LOOP_DEATHS))
+def test_a_dead_loop_silences_the_daemon_and_its_successor_gets_every_frame(tmp_path, monkeypatch, loop):
+    owner, method = LOOP_DEATHS[loop]
+    armed = _arm_failure(monkeypatch, owner(), method)
+    cfg = _cfg(tmp_path, tmp_path / "data", **{"hook.heartbeat_s": 0.25})
+    frames = [np.full((16, 16), 1000 + t, np.uint16) for t in range(30)]
+    d = Daemon(cfg)
+    d.start()
+    try:
+        sender = FrameSender(cfg.hook, Start(run="crash", shape=(16, 16), dtype="uint16"))
+        sender.start()
+        for t in range(10):
+            sender.submit(frames[t], FrameIndex(t=t))
+        assert _wait(lambda: sender.counters().acked == 10, 20)
+        armed.set()
+        sender.submit(frames[10], FrameIndex(t=10))  # the write loop or the I/O thread dies of this one
+        assert d.failed.wait(20), f"the {loop} did not die: the test proved nothing"
+        assert loop in str(d.failure) and isinstance(d.failure.error, RuntimeError)
+        with pytest.raises(DaemonUnreachable):  # no heartbeat, no status: silence
+            query_status(cfg.hook.endpoint, timeout=0.5)
+        for t in range(11, 30):  # the acquisition goes on while no daemon answers
+            sender.submit(frames[t], FrameIndex(t=t))
+    finally:
+        d.stop()
+    assert _wait(lambda: sender.counters().unacked >= 19, 10)  # the hook holds what was never acked
+
+    d2 = Daemon(cfg)  # what the service manager does: a fresh daemon, same endpoint and stores
+    d2.start()
+    try:
+        report = sender.close(timeout=60)
+        assert report.acked == 30 and report.unacked == 0 and report.rejected == 0, report
+        assert d2.wait_idle(30)
+        assert d2.status()["runs"][0]["state"] == "finished"
+    finally:
+        d2.stop()
+    root = zarr.open_group(str(tmp_path / "data" / "crash.ome.zarr"), mode="r")
+    assert root["raw/0"].shape[0] == root["restored/0"].shape[0] == 30
+    for t in range(30):
+        np.testing.assert_array_equal(root["raw/0"][t, 0, 0], frames[t])
+
+
+def test_serve_exits_non_zero_with_one_line_when_a_loop_dies(tmp_path, monkeypatch):
+    import yaml
+    from typer.testing import CliRunner
+
+    from lowdose.cli import app
+    from lowdose.daemon.restore_loop import RestoreLoop
+    from lowdose.daemon.supervisor import EX_SOFTWARE
+
+    # the restore loop's idle work runs as soon as it starts: it dies at once
+    _arm_failure(monkeypatch, RestoreLoop, "_finalize_ready_runs").set()
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(_cfg(tmp_path, tmp_path / "data").model_dump(mode="json")))
+    result = CliRunner().invoke(app, ["serve", "--config", str(config_path)])
+    assert result.exit_code == EX_SOFTWARE == 70, result.output
+    died = [line for line in result.output.splitlines() if "died" in line]
+    assert died == [f"error: the restore loop died of RuntimeError: injected failure in _finalize_ready_runs; "
+                    f"exiting {EX_SOFTWARE}"], result.output
+
+
+def test_serve_raises_daemon_failed_and_a_stopped_daemon_is_no_failure(tmp_path, monkeypatch):
+    from lowdose.daemon.server import DaemonFailed, serve
+
+    cfg = _cfg(tmp_path, tmp_path / "data")
+    armed = _arm_failure(monkeypatch, server.RunStore, "write_raw")
+
+    def send_one_frame(daemon):
+        from wire_client import WireClient
+
+        armed.set()
+        client = WireClient(cfg.hook.endpoint)
+        client.send(Start(run="serve-crash", shape=(8, 8), dtype="uint16"))
+        client.send_frame("serve-crash", 0, np.zeros((8, 8), np.uint16))
+        client.recv()  # the start's ack; the frame's never comes
+        client.close()
+
+    with pytest.raises(DaemonFailed, match="the write loop died of RuntimeError") as info:
+        serve(cfg, ready=send_one_frame)
+    assert info.value.death.loop == "write loop"
+    # stopping is not dying: the supervisor stands down before the loops are stopped
+    d = Daemon(cfg)
+    d.start()
+    d.stop()
+    assert d.failure is None and not d.failed.is_set()

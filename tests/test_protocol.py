@@ -1,5 +1,7 @@
 """The wire protocol rejects every malformed message with a precise error code."""
 
+import re
+
 import msgpack
 import numpy as np
 import pytest
@@ -58,3 +60,42 @@ def test_error_carries_run_and_seq_of_a_bad_frame():
 def test_ranges_from_seqs():
     assert p.ranges_from_seqs([5, 0, 1, 2, 2, 7, 6]) == [(0, 2), (5, 7)]
     assert p.ranges_from_seqs([]) == []
+
+
+def _documented_error_codes() -> dict[str, str]:
+    """code -> client action, from the codes table of docs/protocol.md."""
+    from pathlib import Path
+
+    lines = (Path(__file__).parent.parent / "docs" / "protocol.md").read_text().splitlines()
+    start = lines.index("| code | meaning | client action |")
+    table: dict[str, str] = {}
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        code_cell, _meaning, action = (cell.strip() for cell in line.strip("|").split("|"))
+        for code in re.findall(r"`([^`]+)`", code_cell):
+            assert code not in table, f"{code} is listed twice in docs/protocol.md"
+            table[code] = action
+    return table
+
+
+def test_error_codes_match_the_protocol_document_both_ways():
+    documented = _documented_error_codes()
+    enum = {c.value for c in p.ErrorCode}
+    assert set(documented) - enum == set(), "documented codes missing from ErrorCode"
+    assert enum - set(documented) == set(), "ErrorCode members missing from docs/protocol.md"
+    # the document's "resend later" rows are exactly the codes a client retries
+    assert {c for c, action in documented.items() if "resend later" in action} == {
+        c.value for c in p.TRANSIENT_ERRORS
+    }
+
+
+def test_the_daemon_names_error_codes_through_the_enum():
+    # a bare string would let a typo reach the wire as a code no client knows
+    from pathlib import Path
+
+    daemon_dir = Path(__file__).parent.parent / "daemon"
+    for path in sorted(daemon_dir.rglob("*.py")):
+        for lineno, line in enumerate(path.read_text().splitlines(), 1):
+            assert not re.search(r"""code\s*=\s*["']""", line), f"{path.name}:{lineno}: {line.strip()}"
+            assert not re.search(r"""labels\(\s*["']""", line), f"{path.name}:{lineno}: {line.strip()}"
