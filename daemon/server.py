@@ -205,7 +205,11 @@ class Daemon:
         sock.setsockopt(zmq.SNDHWM, scfg.sndhwm_messages)
         sock.setsockopt(zmq.LINGER, 0)
         if scfg.curve.enabled:
-            self._setup_curve(sock)
+            try:
+                self._setup_curve(sock)
+            except DaemonError:
+                sock.close(linger=0)  # an open socket would hang ctx.term() in start()
+                raise
         for endpoint in scfg.endpoints:
             self._refuse_live_ipc(endpoint, sock)
             try:
@@ -238,9 +242,12 @@ class Daemon:
         import zmq.auth
         from zmq.auth.thread import ThreadAuthenticator
 
+        from lowdose.wire.keyfiles import check_secret_key
+
         curve = self.cfg.server.curve
         if curve.server_secret_key is None or curve.authorized_keys_dir is None:
             raise DaemonError("server.curve.enabled needs server_secret_key and authorized_keys_dir")
+        check_secret_key(curve.server_secret_key, DaemonError)
         public, secret = zmq.auth.load_certificate(str(curve.server_secret_key))
         if secret is None:
             raise DaemonError(f"{curve.server_secret_key} holds no secret key (use the .key_secret file)")

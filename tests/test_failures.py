@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -112,6 +113,8 @@ def test_curve_authenticates_microscopes(tmp_path):
     server_pub, server_sec = zmq.auth.create_certificates(str(keys), "daemon")
     scope_pub, scope_sec = zmq.auth.create_certificates(str(keys), "scope1")
     _, intruder_sec = zmq.auth.create_certificates(str(keys), "intruder")
+    for secret in (server_sec, scope_sec, intruder_sec):
+        os.chmod(secret, 0o600)  # both ends refuse a secret key others can read
     (allowed / "scope1.key").write_bytes(open(scope_pub, "rb").read())
     port = 5700 + (hash(str(tmp_path)) % 200)
     endpoint = f"tcp://127.0.0.1:{port}"

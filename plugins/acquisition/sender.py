@@ -41,6 +41,7 @@ import zmq
 import zmq.auth
 
 from lowdose.wire.hook_config import HookConfig
+from lowdose.wire.keyfiles import check_secret_key
 from lowdose.wire.protocol import (
     Ack,
     End,
@@ -477,6 +478,7 @@ class FrameSender:
         assert self._ctx is not None
         st = self._st
         cfg = self.cfg
+        check_secret_key(cfg.curve_client_secret_key)  # before the socket: a failure must not leave one open
         sock = self._ctx.socket(zmq.DEALER)
         # One identity per connection incarnation: a ROUTER may still hold the old
         # peer's identity when we reconnect, and would refuse a duplicate.
