@@ -169,7 +169,7 @@ def test_prometheus_metrics_and_status_command(tmp_path):
         [sys.executable, "-m", "lowdose.cli", "status", "--endpoint", cfg.hook.endpoint, "--timeout", "0.5"],
         capture_output=True, text=True, timeout=60,
     )
-    assert proc.returncode == 1 and "no lowdose daemon answered" in proc.stderr
+    assert proc.returncode == 2 and "no lowdose daemon answered" in proc.stderr
 
 
 def test_acquire_command_runs_a_useq_file_on_the_democamera(tmp_path):
@@ -199,4 +199,4 @@ def test_acquire_command_runs_a_useq_file_on_the_democamera(tmp_path):
         [sys.executable, "-m", "lowdose.cli", "acquire", str(bad), "--config", str(config_path)],
         capture_output=True, text=True, timeout=120,
     )
-    assert proc.returncode == 1 and "not a valid useq-schema MDASequence" in proc.stderr
+    assert proc.returncode == 2 and "not a valid useq-schema MDASequence" in proc.stderr
