@@ -166,6 +166,8 @@ def acquire(
             instrument=instrument, on_progress=show,
         )
     print_acquire_summary(con, result, cfg.hook.endpoint)
+    if result.report is not None and not result.report.ok:
+        raise typer.Exit(1)  # for scripts: frames are still in the spool, or the daemon refused some
 
 
 @app.command()
@@ -183,6 +185,8 @@ def backfill(
     from lowdose.denoiser_list import check_denoiser_name
     from lowdose.plugins.denoisers.registry import create_denoiser, resolve_device
 
+    if not store.exists():
+        raise UserError(f"{store} does not exist; give the path of a run store, <run>.ome.zarr")
     cfg = _load(config)
     check_denoiser_name(denoiser)
     try:
