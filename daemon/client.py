@@ -8,6 +8,7 @@ from typing import Callable
 
 import zmq
 
+from lowdose.wire.hook_config import check_endpoint
 from lowdose.wire.protocol import Error, ProtocolError, StatusReply, StatusRequest, decode, encode
 
 from .phase import RunPhase
@@ -24,7 +25,13 @@ def query_status(endpoint: str, timeout: float = 3.0) -> dict:
     try:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.IDENTITY, f"status-{uuid.uuid4().hex[:8]}".encode())
-        sock.connect(endpoint)
+        try:
+            sock.connect(check_endpoint(endpoint))
+        except (ValueError, zmq.ZMQError) as exc:
+            raise DaemonUnreachable(
+                f"cannot connect to {endpoint!r}: {exc}; a daemon endpoint looks like "
+                "tcp://127.0.0.1:5571 or ipc:///tmp/lowdose.sock (its server.endpoints)"
+            ) from None
         sock.send_multipart(encode(StatusRequest()))
         if not sock.poll(int(timeout * 1000)):
             raise DaemonUnreachable(

@@ -6,6 +6,8 @@ import os
 
 import zmq
 
+from lowdose.wire.keyfiles import check_secret_key
+
 from .client import DaemonUnreachable, query_status
 from .config import ServerConfig
 
@@ -67,6 +69,7 @@ def _setup_curve(ctx: zmq.Context, scfg: ServerConfig, sock: zmq.Socket):
     curve = scfg.curve
     if curve.server_secret_key is None or curve.authorized_keys_dir is None:
         raise DaemonError("server.curve.enabled needs server_secret_key and authorized_keys_dir")
+    check_secret_key(curve.server_secret_key, DaemonError)
     public, secret = zmq.auth.load_certificate(str(curve.server_secret_key))
     if secret is None:
         raise DaemonError(f"{curve.server_secret_key} holds no secret key (use the .key_secret file)")

@@ -1,4 +1,8 @@
-"""The ``lowdose`` command: serve, demo, acquire, status, and the tools around them."""
+"""The ``lowdose`` command: serve, demo, acquire, status, and the tools around them.
+
+User errors are turned into one line and exit code 2 in one place,
+:class:`lowdose.console.LowdoseGroup`; commands just raise them.
+"""
 
 from __future__ import annotations
 
@@ -9,26 +13,43 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
-from rich.table import Table
+from rich.markup import escape
+
+from lowdose.console import LowdoseGroup, UserError, err, out, print_error
 
 app = typer.Typer(
+    cls=LowdoseGroup,
     help="lowdose: live denoising for low-dose light microscopy (Micro-Manager -> ZeroMQ -> GPU -> OME-Zarr).",
     no_args_is_help=True,
     add_completion=False,
 )
-console = Console()
-err_console = Console(stderr=True)
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        from lowdose import __version__
+
+        out().print(f"lowdose {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    debug: bool = typer.Option(
+        False, "--debug", envvar="LOWDOSE_DEBUG", help="show the full traceback of an error, user errors too"
+    ),
+    version: bool = typer.Option(
+        False, "--version", callback=_show_version, is_eager=True, help="print the version and exit"
+    ),
+) -> None:
+    """lowdose: live denoising for low-dose light microscopy (Micro-Manager -> ZeroMQ -> GPU -> OME-Zarr)."""
+    # --debug is read by LowdoseGroup.invoke from the parsed parameters
 
 
 def _load(config: Optional[Path]):
-    from lowdose.daemon.config import ConfigError, load_config
+    from lowdose.daemon.config import load_config
 
-    try:
-        return load_config(config)
-    except ConfigError as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
+    return load_config(config)
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -36,6 +57,15 @@ def _setup_logging(verbose: bool) -> None:
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+
+
+def _check_endpoint(endpoint: str, option: str = "--endpoint") -> str:
+    from lowdose.wire.hook_config import check_endpoint
+
+    try:
+        return check_endpoint(endpoint)
+    except ValueError as exc:
+        raise UserError(f"{option}: {exc}, e.g. tcp://127.0.0.1:5571") from None
 
 
 @app.command()
@@ -52,18 +82,22 @@ def serve(
     """
     cfg = _load(config)
     from lowdose.daemon.server import DaemonError, DaemonFailed, serve as run_daemon
+    from lowdose.wire.keyfiles import check_secret_key
+
+    if cfg.server.curve.enabled:
+        check_secret_key(cfg.server.curve.server_secret_key)  # a user error (exit 2): no restart fixes it
     from lowdose.daemon.supervisor import EX_SOFTWARE
-    from rich.markup import escape
 
     _setup_logging(verbose)
     try:
         run_daemon(cfg)
     except DaemonError as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
+        # 1, not the user-error 2: a taken endpoint or a busy GPU may clear, so a service manager retries
+        print_error(str(exc))
         raise typer.Exit(1) from None
     except DaemonFailed as exc:
         # one line, unwrapped: journald shows it as the reason for the restart
-        err_console.print(f"[red]error:[/red] {escape(str(exc))}; exiting {EX_SOFTWARE}", soft_wrap=True)
+        print_error(f"{exc}; exiting {EX_SOFTWARE}")
         raise typer.Exit(EX_SOFTWARE) from None
 
 
@@ -73,36 +107,26 @@ def status(
     endpoint: Optional[str] = typer.Option(None, help="daemon endpoint (overrides the config)"),
     timeout: float = typer.Option(3.0, help="seconds to wait for an answer"),
     as_json: bool = typer.Option(False, "--json", help="print the raw status as JSON"),
+    watch: bool = typer.Option(False, "--watch", "-w", help="keep the view live until Ctrl-C"),
+    interval: float = typer.Option(1.0, min=0.05, help="seconds between refreshes with --watch"),
+    count: Optional[int] = typer.Option(None, min=1, hidden=True, help="stop --watch after this many refreshes"),
 ) -> None:
-    """Ask a running daemon for its runs: frames received/written/restored/skipped, queues, lag, fps."""
-    from lowdose.daemon.client import DaemonUnreachable, query_status
+    """Ask a running daemon for its runs: frames received/written/restored (live + backfill), queues, lag, fps."""
+    from lowdose import status_view
+    from lowdose.daemon.client import query_status
 
-    cfg = _load(config)
-    target = endpoint or cfg.hook.endpoint
-    try:
-        st = query_status(target, timeout=timeout)
-    except DaemonUnreachable as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from None
-    if as_json:
-        console.print_json(json.dumps(st))
+    target = _check_endpoint(endpoint) if endpoint else _load(config).hook.endpoint
+    con = out()
+    if watch:
+        if as_json:
+            raise UserError("--watch and --json do not go together; poll `lowdose status --json` instead")
+        status_view.watch(con, target, timeout=timeout, interval=interval, count=count)
         return
-    den = st.get("denoiser") or {}
-    console.print(
-        f"daemon [bold]{st['daemon']}[/bold] (lowdose {st['version']}), up {st['uptime_s']:.0f} s, "
-        f"denoiser {den.get('name')} on {den.get('device')}, policy {st['policy']}, "
-        f"write queue {st['write_queue']}, restore queue {st['restore_queue']}"
-    )
-    table = Table("run", "instrument", "state", "received", "written", "restored", "skipped", "queue",
-                  "fps", "lag p50/p95 s", "store")
-    for r in st["runs"]:
-        lag = "-" if r["lag_p50_s"] is None else f"{r['lag_p50_s']:.2f}/{r['lag_p95_s']:.2f}"
-        table.add_row(
-            r["run"], r["instrument"], r["state"], str(r["frames_received"]), str(r["frames_written"]),
-            f"{r['frames_restored_live']}+{r['frames_restored_backfill']}", str(r["frames_skipped"]),
-            str(r["restore_queue"]), "-" if r["fps"] is None else f"{r['fps']:.1f}", lag, r["store"],
-        )
-    console.print(table)
+    st = query_status(target, timeout=timeout)
+    if as_json:
+        con.print_json(json.dumps(st))
+        return
+    status_view.print_once(con, st, target)
 
 
 @app.command()
@@ -120,15 +144,13 @@ def demo(
     """Simulated low-light time-lapse on a real MMCore, denoised live into OME-Zarr, with a summary and a picture."""
     from lowdose.demo import DemoOptions, run_demo
 
+    if policy not in ("fifo", "latest"):
+        raise UserError(f"--policy must be fifo or latest, not {policy!r}")
     opts = DemoOptions(
         frames=frames, output=output, size=size, peak_photons=photons, denoiser=denoiser, policy=policy,
         interval_ms=interval_ms, exposure_ms=exposure_ms, overwrite=overwrite,
     )
-    try:
-        run_demo(opts, console=console)
-    except (FileExistsError, RuntimeError) as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from None
+    run_demo(opts, console=out())
 
 
 @app.command()
@@ -143,17 +165,29 @@ def acquire(
     instrument: str = typer.Option("microscope", help="instrument name recorded with the run"),
 ) -> None:
     """Run an MDA from a useq-schema file on a Micro-Manager configuration, with the lowdose hook attached."""
-    from lowdose.acquire import AcquireError, run_acquisition
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from lowdose.acquire import print_acquire_summary, run_acquisition
 
     cfg = _load(config)
-    try:
-        counters = run_acquisition(
-            sequence, hook_cfg=cfg.hook, mm_config=mm_config, adapters=adapters, run_id=run_id, instrument=instrument
+    con = out()
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=con) as progress:
+        acquired = progress.add_task("acquired", total=None)
+        acked = progress.add_task("acked by the daemon", total=None)
+
+        def show(counters, expected: int) -> None:
+            done = (counters.queued, counters.acked) if counters is not None else (0, 0)
+            progress.update(acquired, completed=done[0], total=expected)
+            progress.update(acked, completed=done[1], total=expected)
+
+        result = run_acquisition(
+            sequence, hook_cfg=cfg.hook, mm_config=mm_config, adapters=adapters, run_id=run_id,
+            instrument=instrument, on_progress=show,
         )
-    except AcquireError as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from None
-    console.print(counters)
+    print_acquire_summary(con, result, cfg.hook.endpoint)
+    if result.report is not None and not result.report.ok:
+        raise typer.Exit(1)  # for scripts: frames are still in the spool, or the daemon refused some
 
 
 @app.command()
@@ -168,28 +202,55 @@ def backfill(
     from rich.progress import Progress
 
     from lowdose.daemon.backfill import backfill_store
-    from lowdose.plugins.denoisers.registry import resolve_device
-    from lowdose.daemon.store import StoreError
-    from lowdose.plugins.denoisers.interface import DenoiserError
-    from lowdose.plugins.denoisers.registry import create_denoiser
+    from lowdose.denoiser_list import check_denoiser_name
+    from lowdose.plugins.denoisers.registry import create_denoiser, resolve_device
 
+    if not store.exists():
+        raise UserError(f"{store} does not exist; give the path of a run store, <run>.ome.zarr")
     cfg = _load(config)
+    check_denoiser_name(denoiser)
     try:
-        den = create_denoiser(denoiser, json.loads(options) if options else {}, device=resolve_device(cfg.restore.device))
-    except (DenoiserError, ValueError) as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from None
-    with Progress(console=console) as progress:
-        task = progress.add_task(f"restoring with {den.info.name}", total=None)
-        try:
-            result = backfill_store(
-                store, den, storage=cfg.storage, batch_size=cfg.restore.batch_size, redo=redo,
-                progress=lambda done, total: progress.update(task, completed=done, total=total),
-            )
-        except StoreError as exc:
-            err_console.print(f"[red]error:[/red] {exc}")
-            raise typer.Exit(1) from None
-    console.print(f"{result.store}: restored {result.restored} frames, {result.remaining} left unrestored")
+        den_options = json.loads(options) if options else {}
+    except ValueError as exc:
+        raise UserError(f"--options is not JSON ({exc}); e.g. --options '{{\"steps\": 200}}'") from None
+    den = create_denoiser(denoiser, den_options, device=resolve_device(cfg.restore.device))
+    con = out()
+    with Progress(console=con) as progress:
+        task = progress.add_task(escape(f"restoring with {den.info.name}"), total=None)
+        result = backfill_store(
+            store, den, storage=cfg.storage, batch_size=cfg.restore.batch_size, redo=redo,
+            progress=lambda done, total: progress.update(task, completed=done, total=total),
+        )
+    con.print(escape(f"{result.store}: restored {result.restored} frames, {result.remaining} left unrestored"))
+
+
+@app.command()
+def replay(
+    spool_dir: Path = typer.Argument(..., help="a spool folder (hook.spool_dir) or one run's folder in it"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="config.yaml whose hook section to use"),
+    endpoint: Optional[str] = typer.Option(None, help="daemon endpoint (overrides the config)"),
+    timeout: Optional[float] = typer.Option(None, help="seconds to wait for the acks of each run (default: hook.close_timeout_s)"),
+) -> None:
+    """Send the frames a hook left in its spool (daemon down, hook crashed) to the daemon."""
+    from lowdose.client import replay_spool
+
+    if not spool_dir.is_dir():
+        raise UserError(f"{spool_dir} is not a folder; give the hook's spool_dir (see `lowdose config`)")
+    hook = _load(config).hook
+    if endpoint:
+        hook = hook.model_copy(update={"endpoint": _check_endpoint(endpoint)})
+    con = out()
+    with con.status(escape(f"replaying {spool_dir} to {hook.endpoint}…")):
+        reports = replay_spool(spool_dir, hook, timeout=timeout)
+    if not reports:
+        con.print(escape(f"nothing to replay in {spool_dir}"))
+        return
+    for r in reports:
+        left = f", {r.unacked} still in {r.spool_dir}" if r.unacked else ""
+        con.print(escape(f"run {r.run}: {r.acked} of {r.frames} frames acked{left}"
+                         f"{'' if r.finished else ' (run not finished on the daemon)'}"))
+    if any(r.unacked for r in reports):
+        raise typer.Exit(1)
 
 
 @app.command("config")
@@ -201,31 +262,43 @@ def show_config(
 
     if check is not None:
         _load(check)
-        console.print(f"{check}: valid")
+        out().print(escape(f"{check}: valid"))
         return
     sys.stdout.write(default_config_text())
 
 
 @app.command()
 def denoisers() -> None:
-    """List the denoiser plug-ins installed (entry-point group lowdose.denoisers)."""
-    from lowdose.plugins.denoisers.registry import available_denoisers
+    """List the denoiser plug-ins installed (entry-point group lowdose.denoisers), and what `auto` picks here."""
+    from lowdose.denoiser_list import list_denoisers
 
-    for name, ep in sorted(available_denoisers().items()):
-        console.print(f"{name:12s} {ep.value}")
+    device, picked, entries = list_denoisers()
+    con = out()
+    width = max(len(e.name) for e in entries) if entries else 0
+    for e in entries:
+        con.print(escape(f"{e.name:{width}s}  {e.device:4s}  {e.description}"), soft_wrap=True)
+    con.print(escape(f"device here: {device}; auto picks {picked} (restore.denoiser: auto, demo --denoiser auto)"),
+              soft_wrap=True)
 
 
 @app.command()
 def keys(
     directory: Path = typer.Argument(..., help="where to write the key pair"),
     name: str = typer.Option(..., help="key name, e.g. 'daemon' or the microscope's name"),
+    force: bool = typer.Option(False, "--force", help="replace an existing pair of that name"),
 ) -> None:
-    """Create a CURVE key pair (name.key public, name.key_secret secret) for encrypted tcp:// links."""
-    import zmq.auth
+    """Create a CURVE key pair (name.key public, name.key_secret secret, 0600) for encrypted tcp:// links."""
+    from lowdose.keys import create_key_pair, folder_is_private
 
-    directory.mkdir(parents=True, exist_ok=True)
-    public, secret = zmq.auth.create_certificates(str(directory), name)
-    console.print(f"public key: {public}\nsecret key: {secret} (keep it on this machine only)")
+    try:
+        public, secret = create_key_pair(directory, name, force=force)
+    except ValueError as exc:
+        raise UserError(f"--name: {exc}") from None
+    con = out()
+    con.print(escape(f"public key: {public} (give it to the other end)\n"
+                     f"secret key: {secret} (mode 0600; keep it on this machine only)"))
+    if not folder_is_private(directory):
+        err().print(escape(f"warning: {directory} is open to other users; chmod 700 {directory}"), style="yellow")
 
 
 def _mount_train() -> None:

@@ -12,21 +12,28 @@ from __future__ import annotations
 
 import atexit
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+
+from lowdose.console import hook_row, lag_text, restored_text, summary_table
 
 STORE_SUFFIX = ".ome.zarr"
+
+
+class DemoError(RuntimeError):
+    """The demo cannot go on; the message says why (and where the daemon's log is)."""
 
 
 @dataclass(frozen=True)
@@ -59,12 +66,13 @@ class DemoResult:
     psnr_raw_db: float
     psnr_restored_db: float
     denoiser: str
+    daemon_log: Path | None = None
 
 
 def _store_paths(output: Path) -> tuple[Path, str]:
     output = output.expanduser().resolve()
     if not output.name.endswith(STORE_SUFFIX) or output.name == STORE_SUFFIX:
-        raise RuntimeError(f"--output must name a store ending in {STORE_SUFFIX} (got {output.name!r})")
+        raise DemoError(f"--output must name a store ending in {STORE_SUFFIX} (got {output.name!r})")
     return output.parent, output.name[: -len(STORE_SUFFIX)]
 
 
@@ -120,6 +128,9 @@ def _sim_frame_number(meta, camera) -> int:
 
 
 def _resolve_denoiser(name: str) -> str:
+    from lowdose.denoiser_list import check_denoiser_name
+
+    check_denoiser_name(name)  # here, not as the daemon's restore.denoiser: the user typed --denoiser
     if name != "auto":
         return name
     from lowdose.plugins.denoisers.registry import resolve_device
@@ -140,20 +151,21 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> DemoResult:
     from lowdose.plugins.acquisition.sim_camera import close_core, make_sim_core
 
     console = console or Console()
-    store_path = _fresh_store_path(opts)
     denoiser = _resolve_denoiser(opts.denoiser)
+    store_path = _fresh_store_path(opts)
+    log_path = store_path.with_name(store_path.name[: -len(STORE_SUFFIX)] + ".daemon.log")
     work = Path(tempfile.mkdtemp(prefix="lowdose-demo-"))
     config_path, cfg = _demo_config(work, store_path.parent, denoiser, opts.policy)
 
-    console.print(f"[bold]lowdose demo[/bold]: {opts.frames} frames of {opts.size}x{opts.size}, "
-                  f"{opts.peak_photons:g} photons/pixel at the brightest, denoiser [bold]{denoiser}[/bold], "
-                  f"policy {opts.policy}")
+    console.print("[bold]lowdose demo[/bold]: " + escape(
+        f"{opts.frames} frames of {opts.size}x{opts.size}, {opts.peak_photons:g} photons/pixel at the brightest, "
+        f"denoiser {denoiser}, policy {opts.policy}"))
     daemon = DaemonProcess(config_path, work / "daemon.log", cfg.hook.endpoint)
     atexit.register(daemon.stop)
     core = None
     try:
         with console.status("starting the daemon (loading the model)…"):
-            daemon.wait_ready()
+            _wait_ready(daemon, log_path)
             core, camera = make_sim_core(
                 (opts.size, opts.size), peak_photons=opts.peak_photons, offset=opts.offset, gain=opts.gain,
                 read_noise=opts.read_noise, seed=opts.seed, exposure_ms=opts.exposure_ms,
@@ -164,11 +176,45 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> DemoResult:
         code = daemon.stop()
         if core is not None:
             close_core(core)
+        spool = _tidy_work(work, daemon.log_path, log_path)
     if code != 0:
-        console.print(f"[yellow]the daemon exited with {code}; log: {daemon.log_path}[/yellow]")
+        console.print(escape(f"the daemon exited with {code}; log: {log_path}"), style="yellow")
+    if spool is not None:
+        console.print(escape(f"frames the daemon did not acknowledge are kept in {spool}: "
+                             f"`lowdose replay {spool}` sends them"), style="yellow")
     result = _score(store_path, acquired, camera, opts, denoiser, run_status)
+    result = replace(result, daemon_log=log_path)
     _print_summary(console, result, run_status, report)
     return result
+
+
+def _wait_ready(daemon: DaemonProcess, log_path: Path) -> None:
+    try:
+        daemon.wait_ready()
+    except RuntimeError as exc:
+        raise DemoError(f"{exc}\n(the daemon's log: {log_path})") from None
+
+
+def _tidy_work(work: Path, log: Path, keep_log_at: Path) -> Path | None:
+    """Move the daemon's log next to the store and remove the demo's private folder.
+
+    Spooled frames (never acknowledged) are kept with their folder; returns it then.
+    """
+    if log.exists():
+        shutil.move(str(log), keep_log_at)
+    spool = work / "spool"
+    keep = spool.is_dir() and any(p.is_file() for p in spool.rglob("*"))
+    for child in work.iterdir():
+        if keep and child == spool:
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+    if keep:
+        return spool
+    work.rmdir()
+    return None
 
 
 def _fresh_store_path(opts: DemoOptions) -> Path:
@@ -235,7 +281,7 @@ def _acquire_and_restore(core, camera, cfg, store_path: Path, opts: DemoOptions,
         try:
             run_status = wait_run_finished(cfg.hook.endpoint, run_id, max(600.0, opts.frames * 5.0), on_status=show)
         except TimeoutError as exc:
-            raise RuntimeError(f"{exc}; daemon log:\n{daemon.log_tail()}") from None
+            raise DemoError(f"{exc}; daemon log:\n{daemon.log_tail()}") from None
     return acquired, report, run_status
 
 
@@ -281,27 +327,25 @@ def _score(store_path: Path, acquired: _Acquired, camera, opts: DemoOptions, den
 
 
 def _print_summary(console: Console, r: DemoResult, run_status: dict, report) -> None:
-    table = Table(title="lowdose demo: summary", show_header=False)
-    table.add_column(style="bold")
-    table.add_column()
-    lag = "-" if r.lag_p50_s is None else f"{r.lag_p50_s * 1000:.0f} ms / {r.lag_p95_s * 1000:.0f} ms"
-    table.add_row("frames acquired", str(r.frames_acquired))
-    table.add_row("raw frames written", f"{r.frames_written} (lost: {r.frames_acquired - r.frames_written})")
-    table.add_row("frames restored", f"{r.frames_restored} ({run_status.get('frames_restored_live', 0)} live, "
-                                     f"{run_status.get('frames_restored_backfill', 0)} by backfill)")
-    table.add_row("acquisition speed", f"{r.acquisition_fps:.1f} frames/s")
-    table.add_row("restoration lag p50 / p95", lag)
-    table.add_row("PSNR raw vs truth", f"{r.psnr_raw_db:.2f} dB")
-    table.add_row("PSNR restored vs truth", f"{r.psnr_restored_db:.2f} dB ({r.psnr_restored_db - r.psnr_raw_db:+.2f} dB)")
-    table.add_row("denoiser", r.denoiser)
+    rows = [
+        ("frames acquired", str(r.frames_acquired)),
+        ("raw frames written", f"{r.frames_written} (lost: {r.frames_acquired - r.frames_written})"),
+        ("frames restored", restored_text(run_status)),
+        ("acquisition speed", f"{r.acquisition_fps:.1f} frames/s"),
+        ("restoration lag p50 / p95", lag_text(r.lag_p50_s, r.lag_p95_s)),
+        ("PSNR raw vs truth", f"{r.psnr_raw_db:.2f} dB"),
+        ("PSNR restored vs truth", f"{r.psnr_restored_db:.2f} dB ({r.psnr_restored_db - r.psnr_raw_db:+.2f} dB)"),
+        ("denoiser", r.denoiser),
+    ]
     if report is not None:
-        table.add_row("hook", f"sent {report.counters.sent}, acked {report.counters.acked}, "
-                              f"spooled {report.counters.spooled}, left unacked {report.unacked}")
-    table.add_row("store", f"{r.store}  (images: raw, restored)")
-    table.add_row("picture", str(r.picture))
-    console.print(table)
-    console.print(f"open it: [cyan]napari --plugin napari-ome-zarr {r.store}/raw {r.store}/restored[/cyan]  "
-                  f"or  [cyan]zarr.open_group('{r.store}')['restored/0'][:][/cyan]")
+        rows.append(hook_row(report))
+    rows += [("store", f"{r.store}  (images: raw, restored)"), ("picture", str(r.picture))]
+    if r.daemon_log is not None:
+        rows.append(("daemon log", str(r.daemon_log)))
+    console.print(summary_table("lowdose demo: summary", rows))
+    store = escape(str(r.store))
+    console.print(f"open it: [cyan]napari --plugin napari-ome-zarr {store}/raw {store}/restored[/cyan]  "
+                  f"or  [cyan]zarr.open_group('{store}')['restored/0'][:][/cyan]")
 
 
 def save_side_by_side(path: Path, images: list[np.ndarray], labels: list[str]) -> None:

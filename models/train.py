@@ -253,13 +253,13 @@ def main_train(cfg: TrainConfig, on_epoch: Callable[[int, dict[str, float]], Non
             save_checkpoint(ckpt, out_dir / "best.pt", with_optimizer=False)
         msg = ", ".join(f"{k}={v:.4g}" for k, v in scores.items() if isinstance(v, float))
         if cfg.progress:
-            console.print(f"[{cfg.model}] epoch {epoch + 1}/{cfg.epochs}: {msg}")
+            console.print(f"[{cfg.model}] epoch {epoch + 1}/{cfg.epochs}: {msg}", markup=False)
         if on_epoch:
             on_epoch(epoch + 1, scores)
         if cfg.max_minutes is not None and epoch + 1 < cfg.epochs and time.time() - t0 > 60 * cfg.max_minutes:
             if cfg.progress:
                 console.print(f"[{cfg.model}] stopped after {(time.time() - t0) / 60:.1f} min "
-                              f"(max_minutes={cfg.max_minutes}); continue with resume")
+                              f"(max_minutes={cfg.max_minutes}); continue with resume", markup=False)
             break
     return out_dir / "best.pt"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -115,6 +116,8 @@ def test_curve_authenticates_microscopes(tmp_path):
     server_pub, server_sec = zmq.auth.create_certificates(str(keys), "daemon")
     scope_pub, scope_sec = zmq.auth.create_certificates(str(keys), "scope1")
     _, intruder_sec = zmq.auth.create_certificates(str(keys), "intruder")
+    for secret in (server_sec, scope_sec, intruder_sec):
+        os.chmod(secret, 0o600)  # both ends refuse a secret key others can read
     (allowed / "scope1.key").write_bytes(open(scope_pub, "rb").read())
     port = 5700 + (hash(str(tmp_path)) % 200)
     endpoint = f"tcp://127.0.0.1:{port}"
@@ -169,7 +172,7 @@ def test_prometheus_metrics_and_status_command(tmp_path):
         [sys.executable, "-m", "lowdose.cli", "status", "--endpoint", cfg.hook.endpoint, "--timeout", "0.5"],
         capture_output=True, text=True, timeout=60,
     )
-    assert proc.returncode == 1 and "no lowdose daemon answered" in proc.stderr
+    assert proc.returncode == 2 and "no lowdose daemon answered" in proc.stderr
 
 
 def test_acquire_command_runs_a_useq_file_on_the_democamera(tmp_path):
@@ -199,7 +202,7 @@ def test_acquire_command_runs_a_useq_file_on_the_democamera(tmp_path):
         [sys.executable, "-m", "lowdose.cli", "acquire", str(bad), "--config", str(config_path)],
         capture_output=True, text=True, timeout=120,
     )
-    assert proc.returncode == 1 and "not a valid useq-schema MDASequence" in proc.stderr
+    assert proc.returncode == 2 and "not a valid useq-schema MDASequence" in proc.stderr
 
 
 # ----------------------------------------------------------------------------- crash-only (rule 2)

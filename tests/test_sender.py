@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -280,6 +281,7 @@ def test_curve_encrypted_connection(hook_cfg_factory, tmp_path):
     keys.mkdir()
     server_public, server_secret = zmq.auth.create_certificates(keys, "server")
     _, client_secret = zmq.auth.create_certificates(keys, "scope")
+    os.chmod(client_secret, 0o600)  # the hook refuses a secret key others can read
     _, secret = zmq.auth.load_certificate(server_secret)
     daemon = FakeDaemon(curve_secret=secret).start()
     try:

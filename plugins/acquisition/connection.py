@@ -19,6 +19,7 @@ import zmq
 import zmq.auth
 
 from lowdose.wire.hook_config import HookConfig
+from lowdose.wire.keyfiles import check_secret_key
 from lowdose.wire.protocol import Heartbeat, Message, ProtocolError, decode, encode
 
 # Replies are small (acks, heartbeats); room for a few hundred keeps a burst of acks from
@@ -150,6 +151,7 @@ class DaemonConnection:
 
 def dealer_socket(ctx: zmq.Context, cfg: HookConfig, identity: bytes) -> zmq.Socket:
     """A DEALER connected to ``cfg.endpoint``, configured so that frames wait in the hook, not in ZeroMQ."""
+    check_secret_key(cfg.curve_client_secret_key)  # before a socket exists that could be left open
     sock = ctx.socket(zmq.DEALER)
     try:
         sock.setsockopt(zmq.IDENTITY, identity)

@@ -1,0 +1,91 @@
+"""`lowdose status`: a daemon's runs as a table, once or live (``--watch``)."""
+
+from __future__ import annotations
+
+import time
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+
+def header(st: dict) -> Text:
+    den = st.get("denoiser") or {}
+    return Text(
+        f"daemon {st['daemon']} (lowdose {st['version']}), up {st['uptime_s']:.0f} s, "
+        f"denoiser {den.get('name')} on {den.get('device')}, policy {st['policy']}, "
+        f"write queue {st['write_queue']}, restore queue {st['restore_queue']}"
+    )
+
+
+def runs_table(runs: list[dict]) -> Table:
+    table = Table()
+    # run ids are what users copy: folded over lines rather than cut with an ellipsis
+    table.add_column("run", overflow="fold")
+    table.add_column("instrument")
+    table.add_column("state")
+    for name in ("received", "written"):
+        table.add_column(name, justify="right")
+    table.add_column("restored\nlive + backfill", justify="right")
+    for name in ("skipped", "queue", "fps", "lag p50/p95 s"):
+        table.add_column(name, justify="right")
+    for r in runs:
+        lag = "-" if r["lag_p50_s"] is None else f"{r['lag_p50_s']:.2f}/{r['lag_p95_s']:.2f}"
+        cells = [
+            r["run"], r["instrument"], r["state"], str(r["frames_received"]), str(r["frames_written"]),
+            f"{r['frames_restored_live']} + {r['frames_restored_backfill']}", str(r["frames_skipped"]),
+            str(r["restore_queue"]), "-" if r["fps"] is None else f"{r['fps']:.1f}", lag,
+        ]
+        table.add_row(*(escape(c) for c in cells))
+    return table
+
+
+def no_runs(endpoint: str) -> Text:
+    return Text(f"no runs yet: the daemon is waiting for a microscope to connect to {endpoint}", style="dim")
+
+
+def store_lines(runs: list[dict]) -> list[Text]:
+    """Store paths under the table, whole: a table column would cut them to fit the terminal."""
+    return [Text(f"store of {r['run']}: {r['store']}") for r in runs]
+
+
+def view(st: dict, endpoint: str) -> Group:
+    runs = st["runs"]
+    if not runs:
+        return Group(header(st), no_runs(endpoint))
+    return Group(header(st), runs_table(runs), *store_lines(runs))
+
+
+def print_once(console: Console, st: dict, endpoint: str) -> None:
+    runs = st["runs"]
+    console.print(header(st), soft_wrap=True)
+    if not runs:
+        console.print(no_runs(endpoint), soft_wrap=True)
+        return
+    console.print(runs_table(runs))
+    for line in store_lines(runs):
+        console.print(line, soft_wrap=True)  # soft: the terminal wraps it, the path stays one copyable line
+
+
+def watch(console: Console, endpoint: str, *, timeout: float, interval: float, count: int | None) -> None:
+    """Refresh every ``interval`` s until Ctrl-C (or ``count`` refreshes); an absent daemon is shown, not fatal."""
+    from lowdose.daemon.client import DaemonUnreachable, query_status
+
+    done = 0
+    try:
+        with Live(console=console, auto_refresh=False, transient=False) as live:
+            while count is None or done < count:
+                try:
+                    body = view(query_status(endpoint, timeout=timeout), endpoint)
+                except DaemonUnreachable as exc:
+                    body = Group(Text(f"{exc} (still trying)", style="yellow"))
+                footer = Text(f"{time.strftime('%H:%M:%S')}: refreshed every {interval:g} s; Ctrl-C to stop",
+                              style="dim")
+                live.update(Group(body, footer), refresh=True)
+                done += 1
+                if count is None or done < count:
+                    time.sleep(interval)
+    except KeyboardInterrupt:
+        pass  # the way to stop watching, not an error
