@@ -140,6 +140,13 @@ class RestoreLoop(LoopThread):
         if state is None or state.finished:
             return
         assert self.denoiser is not None
+        if batch.mode == "live":
+            # A frame is acked before it reaches the live queue, and backfill may restore it in between:
+            # restoring it again would only cost model time and count it twice.
+            items = tuple(it for it in batch.items if not state.store.is_restored(it.index))
+            if not items:
+                return
+            batch = Batch(run=batch.run, items=items, mode=batch.mode)
         t0 = time.perf_counter()
         try:
             result = restore_into_store(state.store, self.denoiser, [(it.index, it.pixels) for it in batch.items],

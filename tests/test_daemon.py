@@ -127,6 +127,28 @@ def test_slow_model_latest_policy_skips_live_and_backfill_completes(tmp_path):
         d.stop()
 
 
+def test_each_frame_is_restored_once_live_or_by_backfill(tmp_path):
+    """A frame is acked before it reaches the live queue; backfill, idle meanwhile, may take it first.
+    Whichever restores it, the other must not restore it again (counts would exceed the frames).
+    Frames arrive about as often as the restore loop's idle turn (50 ms), where that window opens."""
+    d = Daemon(_cfg(tmp_path, policy="fifo", batch_size=1))
+    d.start()
+    try:
+        c = WireClient(d.cfg.server.endpoints[0])
+        c.send(_start("run-once"))
+        for seq in range(40):
+            c.send_frame("run-once", seq, ramp(seq), t=seq)
+            time.sleep(0.045 + 0.01 * (seq % 3))
+        c.send(p.End(run="run-once", frames=40))
+        c.recv_until(lambda m: isinstance(m, p.Ack) and m.finished)
+        c.close()
+        assert d.wait_idle(60)
+        run = d.status()["runs"][0]
+        assert run["frames_restored_live"] + run["frames_restored_backfill"] == 40, run
+    finally:
+        d.stop()
+
+
 def test_status_of_a_dead_daemon_is_a_clear_error(tmp_path):
     with pytest.raises(DaemonUnreachable, match="no lowdose daemon answered"):
         query_status(f"ipc://{tmp_path}/nobody.sock", timeout=0.3)

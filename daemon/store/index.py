@@ -159,6 +159,12 @@ class RunIndex:
         cell = None if cells is None else cells.cell(key[1], key[2], key[3])
         return -1 if cell is None else int(cell["seq"])
 
+    def restored_at(self, key: Key) -> bool:
+        """Whether a restoration is stored for the raw frame at ``key``."""
+        cells = self.cells.get(key[0])
+        cell = None if cells is None else cells.cell(key[1], key[2], key[3])
+        return cell is not None and int(cell["status"]) != 0
+
     def note_raw(self, key: Key, seq: int) -> int:
         """Raw frame ``seq`` is stored at ``key`` (its C, Z already grown); returns the seq it replaced, -1 if none."""
         p, t, c, z = key

@@ -329,6 +329,11 @@ class RunStore:
             raise FrameNotStored(f"no raw frame at {index.model_dump()}")
         return seq
 
+    def is_restored(self, index: FrameIndex) -> bool:
+        """Whether the frame at ``index`` has a stored restoration (False when no raw frame is there)."""
+        with self._state:
+            return self._index.restored_at((index.p, index.t, index.c, index.z))
+
     def unrestored_count(self) -> int:
         """How many raw frames lack a restoration, in O(1)."""
         with self._state:
