@@ -27,7 +27,8 @@ def write_file(path: str | os.PathLike[str], chunks: bytes | memoryview | Iterab
     path = os.fspath(path)
     target = os.path.join(os.path.dirname(path), "." + os.path.basename(path) + ".tmp") if atomic else path
     parts = (chunks,) if isinstance(chunks, (bytes, bytearray, memoryview)) else chunks
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    # O_BINARY: without it Windows opens the descriptor in text mode and rewrites every \n byte of a frame
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o644)
     try:
         for part in parts:
             view = memoryview(part).cast("B")
