@@ -188,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
             c = mem["counters"]
             print(f"  sender: queued {c.queued} sent {c.sent} acked {c.acked} resent {c.resent} "
                   f"spooled {c.spooled} in_memory_bytes {c.in_memory_bytes}")
+        growth = f"; hook RSS growth {mem['growth_mb']:+.1f} MB over {mem['frames']} frames" if args.long_frames else ""
+        print(f"acquisition_overhead: {res['ratio']:.3f} MDA frames/s with/without the hook (target >= 0.98){growth}")
     finally:
         release_core(core)
         stop.set()

@@ -114,6 +114,8 @@ def main() -> None:
               f"the recipe's {train['recipe_steps']} steps would take {train['projected_minutes']:.0f} min")
     if a.json:
         a.json.write_text(json.dumps({"models": rows, "training": train}, indent=2))
+    speedups = ", ".join(f"{r['model']} {r['speedup']:.1f}x" for r in rows)
+    print(f"gpu_check: {speedups} ms per {a.size}² frame, cpu/{a.device}")
 
 
 if __name__ == "__main__":

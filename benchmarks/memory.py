@@ -84,6 +84,7 @@ def main() -> None:
     (_, h0, d0), (_, h1, d1) = samples[0], samples[-1]
     print(f"growth after warm-up: hook {h1 / h0:.3f}x ({h1 - h0:+.1f} MiB), daemon {d1 / d0:.3f}x ({d1 - d0:+.1f} MiB)")
     print("target: flat (ratio ~1.0, growth not proportional to frames)")
+    print(f"memory: {d1 / d0:.3f} daemon RSS last/first sample over {args.frames} frames (hook {h1 / h0:.3f})")
 
 
 def store_only(n: int, batch: int = 50, warmup: int = 2000) -> None:
@@ -124,6 +125,8 @@ def store_only(n: int, batch: int = 50, warmup: int = 2000) -> None:
           f"= {(held - base) / grown:.1f} B/frame; RSS {(end_rss - base_rss) / 2**20:+.2f} MiB "
           f"= {(end_rss - base_rss) / grown:.1f} B/frame (tracemalloc's own tables included)")
     shutil.rmtree(tmp, ignore_errors=True)
+    print(f"memory_store: {held / max(base, 1):.3f} traced heap at frame {n} / at frame {base_n} "
+          f"({(held - base) / grown:.1f} B/frame)")
 
 
 if __name__ == "__main__":

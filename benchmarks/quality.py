@@ -325,6 +325,20 @@ def main() -> None:
             "ddpm_limit_psnr": rep.ddpm_limit_psnr,
             "targets": targets(rep), "args": vars(a) | {"json": str(a.json)},
         }, indent=1))
+    print(headline(rep))
+
+
+def headline(rep: Report) -> str:
+    """The live default against the best classical baseline scored in this run, per dose."""
+    by = {(r.method, r.dose): r for r in rep.rows}
+    parts = []
+    for dose in DOSES:
+        if ("unet", dose) not in by:
+            continue
+        classical = max(by[(m, dose)].psnr for m in ("gaussian", "nlm (GAT)", "bm3d (GAT)") if (m, dose) in by)
+        gain = by[("unet", dose)].psnr - classical
+        parts.append(f"{10 ** (-gain / 10):.2f} at {dose:g} ph ({gain:+.2f} dB)")
+    return "quality: MSE unet/best classical " + ", ".join(parts) if parts else "quality: no unet rows scored"
 
 
 if __name__ == "__main__":

@@ -87,6 +87,7 @@ def main() -> None:
     nbytes = args.frames * frames[0].nbytes
     print(f"{args.frames} frames of {SHAPE[0]}x{SHAPE[1]} uint16 ({nbytes / 1e6:.0f} MB), batch {args.batch}, "
           f"{args.compression}, {os.cpu_count()} CPUs, dir {base}")
+    ratios: dict[bool, float] = {}
     try:
         for fsync in (True, False):
             d_dt = o_direct_write(base / "odirect.bin", nbytes)
@@ -95,10 +96,13 @@ def main() -> None:
             print(f"fsync={'on ' if fsync else 'off'}  O_DIRECT {d_mbs:7.0f} MB/s   write_raw {s_mbs:7.0f} MB/s "
                   f"({args.frames / s_dt:5.0f} frames/s, compression {nbytes / max(on_disk, 1):.2f}x)   "
                   f"ratio {s_mbs / d_mbs:.2f}")
+            ratios[fsync] = s_mbs / d_mbs
             shutil.rmtree(base / f"store-{fsync}")
     finally:
         if args.output_dir is None:
             shutil.rmtree(base, ignore_errors=True)
+    print(f"raw_path: {ratios[True]:.2f} write_raw/O_DIRECT MB/s with fsync ({ratios[False]:.2f} without), "
+          f"{os.cpu_count()} CPUs")
 
 
 if __name__ == "__main__":
