@@ -213,6 +213,8 @@ def backfill(
         den_options = json.loads(options) if options else {}
     except ValueError as exc:
         raise UserError(f"--options is not JSON ({exc}); e.g. --options '{{\"steps\": 200}}'") from None
+    if config is not None:
+        _check_backfill_dtype(store, cfg.storage.restored_dtype, config)
     den = create_denoiser(denoiser, den_options, device=resolve_device(cfg.restore.device))
     con = out()
     with Progress(console=con) as progress:
@@ -222,6 +224,27 @@ def backfill(
             progress=lambda done, total: progress.update(task, completed=done, total=total),
         )
     con.print(escape(f"{result.store}: restored {result.restored} frames, {result.remaining} left unrestored"))
+
+
+def _check_backfill_dtype(store: Path, wanted: str, config: Path) -> None:
+    """A restored image keeps one dtype: refuse a config that asks for another (mixed chunks are unreadable)."""
+    import numpy as np
+
+    from lowdose.daemon.store import declared_restored_dtype
+    from lowdose.daemon.store.layout import read_attrs
+
+    declared = declared_restored_dtype(store)
+    if declared is None:
+        return
+    raw = np.dtype(read_attrs(store)["start"]["dtype"])
+    wanted_dtype = np.dtype("float32") if wanted == "float32" else raw
+    if wanted_dtype != declared:
+        keep = "float32" if declared == np.dtype("float32") and raw != declared else "input"
+        raise UserError(
+            f"{store}'s restored image is {declared.name}, but storage.restored_dtype in {config} asks for "
+            f"{wanted_dtype.name}; one image cannot hold both. Set storage.restored_dtype: {keep} for this "
+            f"store, or leave out --config to follow the store"
+        )
 
 
 @app.command()

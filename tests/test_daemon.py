@@ -249,6 +249,46 @@ def test_restored_can_be_stored_as_float32(tmp_path):
     np.testing.assert_array_equal(root["restored/0"][2, 0, 0], ramp(2).astype(np.float32))
 
 
+def _uint16_store(tmp_path):
+    d = Daemon(_cfg(tmp_path, policy="fifo"))
+    d.start()
+    try:
+        _stream(d, "run-u16", range(4), end_frames=4)
+        assert d.wait_idle(30)
+    finally:
+        d.stop()
+    return tmp_path / "data" / "run-u16.ome.zarr"
+
+
+def test_backfill_with_another_restored_dtype_keeps_the_image_readable(tmp_path):
+    """A store's restored image keeps the dtype it declared: a float32 config must not add float32 chunks
+    to a uint16 image (its chunks would no longer decode)."""
+    from lowdose.daemon.backfill import backfill_store
+    from lowdose.daemon.config import StorageConfig
+    from lowdose.plugins.denoisers.identity import IdentityDenoiser
+
+    path = _uint16_store(tmp_path)
+    result = backfill_store(path, IdentityDenoiser(), storage=StorageConfig(restored_dtype="float32", fsync=False),
+                            redo=True)
+    assert result.restored == 4 and result.remaining == 0
+    restored = zarr.open_group(str(path), mode="r")["restored/0"]
+    assert restored.dtype == np.uint16
+    np.testing.assert_array_equal(restored[3, 0, 0], ramp(3))  # readable: every chunk in the declared dtype
+
+
+def test_backfill_refuses_a_config_asking_for_another_restored_dtype(tmp_path):
+    from typer.testing import CliRunner
+
+    from lowdose.cli import app
+
+    path = _uint16_store(tmp_path)
+    config = tmp_path / "f32.yaml"
+    config.write_text("storage:\n  restored_dtype: float32\n  fsync: false\n")
+    res = CliRunner().invoke(app, ["backfill", str(path), "--denoiser", "identity", "--redo", "--config", str(config)])
+    assert res.exit_code == 2, res.output
+    assert "restored image is uint16" in res.output and "restored_dtype: input" in res.output
+
+
 STATUS_RUN_KEYS = [
     "run", "instrument", "store", "policy", "state", "frames_received", "frames_duplicate", "frames_written",
     "frames_restored_live", "frames_restored_backfill", "frames_skipped", "frames_failed", "restore_queue",

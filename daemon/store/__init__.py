@@ -59,6 +59,6 @@ windows in one critical section, and only the facade sees both.
 
 from .index import STATUS_CODES
 from .interface import FrameNotStored, Store, StoreError
-from .run_store import RunStore
+from .run_store import RunStore, declared_restored_dtype
 
-__all__ = ["FrameNotStored", "RunStore", "STATUS_CODES", "Store", "StoreError"]
+__all__ = ["FrameNotStored", "RunStore", "STATUS_CODES", "Store", "StoreError", "declared_restored_dtype"]

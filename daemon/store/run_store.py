@@ -6,6 +6,7 @@ contract it keeps are in the package docstring (:mod:`lowdose.daemon.store`).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -19,7 +20,7 @@ from lowdose.plugins.denoisers.interface import DenoiserInfo
 from lowdose.wire.durable import fsync_dir
 from lowdose.wire.protocol import End, Frame, FrameIndex, Start
 
-from . import finalize, records
+from . import finalize, ngff, records
 from .chunks import ChunkCodec, ChunkFiles
 from .index import KIND_RAW, KIND_RESTORED, KIND_UNCERTAINTY, MAX_SEQ_OR_T, STATUS_CODES, Key, RunIndex
 from .index import indices_by_seq, seq_ranges
@@ -87,6 +88,7 @@ class RunStore:
         permission error. ``policy`` (``fifo``/``latest``) is recorded as provenance of ``restored``.
         """
         path = Path(output_dir) / f"{start.run}.ome.zarr"
+        cfg = _keep_declared_restored_dtype(path, start, cfg)
         store = cls(path, start, cfg, lowdose_version, policy)
         try:
             store._open()
@@ -436,3 +438,30 @@ def _check_restored(
         )
     if unc is not None and tuple(unc.shape) != shape:
         raise StoreError(f"uncertainty map at {index.model_dump()} is {unc.shape}, not {shape}")
+
+
+def declared_restored_dtype(path: Path) -> np.dtype | None:
+    """The dtype the store's restored image of position 0 declares, or None if it has none yet."""
+    meta = Path(path) / ngff.image_names(0)[1] / "0" / "zarr.json"
+    try:
+        return np.dtype(json.loads(meta.read_text())["data_type"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _keep_declared_restored_dtype(path: Path, start: Start, cfg: StorageConfig) -> StorageConfig:
+    """An existing store keeps the restored dtype it declared, whatever the config says now.
+
+    A restored image whose chunks disagree with its declared dtype is unreadable, so a daemon
+    restarted with another ``storage.restored_dtype`` goes on in the store's own dtype (new runs
+    get the new one); ``lowdose backfill`` refuses such a config instead (it would be a surprise).
+    """
+    declared = declared_restored_dtype(path)
+    if declared is None:
+        return cfg
+    wanted = "input" if declared == np.dtype(start.dtype) else "float32"
+    if wanted != cfg.restored_dtype:
+        log.warning("%s keeps its restored dtype %s (storage.restored_dtype is %s)", path, declared,
+                    cfg.restored_dtype)
+        cfg = cfg.model_copy(update={"restored_dtype": wanted})
+    return cfg
