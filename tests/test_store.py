@@ -566,3 +566,28 @@ def test_run_store_implements_the_store_interface(tmp_path: Path) -> None:
     for attr in Store.__annotations__:
         assert hasattr(store, attr), attr
     store.close()
+
+
+def _t_scale(store: RunStore, name: str) -> float:
+    meta = json.loads((store.path / name / "zarr.json").read_text())
+    return meta["attributes"]["ome"]["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"][0]
+
+
+def test_an_unknown_frame_interval_is_measured_at_finalize(tmp_path: Path) -> None:
+    """A hook that does not know its interval announces none; the t axis must not claim 1 s per frame."""
+    store = RunStore.open(tmp_path, make_start(frame_interval_s=None), cfg(fsync=False), VERSION)
+    frames = [frame(s, t=s) for s in range(6)]
+    frames = [(f.model_copy(update={"timestamp": 1000.0 + 0.04 * f.seq}), px) for f, px in frames]
+    store.write_raw(frames)
+    store.finalize(End(run="run1", frames=6))
+    assert _t_scale(store, "raw") == pytest.approx(0.04, rel=1e-3)
+    assert _t_scale(store, "restored") == pytest.approx(0.04, rel=1e-3)
+    store.close()
+
+
+def test_an_announced_frame_interval_is_kept(tmp_path: Path) -> None:
+    store = RunStore.open(tmp_path, make_start(frame_interval_s=0.5), cfg(fsync=False), VERSION)
+    store.write_raw([frame(s, t=s) for s in range(4)])  # timestamps 1 s apart
+    store.finalize(End(run="run1", frames=4))
+    assert _t_scale(store, "raw") == 0.5
+    store.close()

@@ -133,3 +133,24 @@ def _fill_rows(recs: list[dict[str, Any]], seqs: np.ndarray, cols: dict[str, np.
     found[rows] = True
     for name, col in cols.items():
         col[rows] = np.array([recs[i].get(name) for i in keep.tolist()], dtype=float if col.dtype.kind == "f" else col.dtype)
+
+
+def measured_frame_interval(path: Path) -> float | None:
+    """The median time between successive time points, from the per-frame tables; None if unknown.
+
+    A hook that does not know the interval (a ``time_plan`` of 0: as fast as the camera goes)
+    announces none, and the NGFF scale would claim 1 s per frame; the timestamps say what it was.
+    """
+    try:
+        root = zarr.open_group(store=LocalStore(path), path="lowdose/tables", mode="r")
+        t, p, c, z, stamp = (np.asarray(root[k][:]) for k in ("t", "p", "c", "z", "timestamp"))
+    except (KeyError, FileNotFoundError, ValueError):
+        return None
+    first = (p == 0) & (c == 0) & (z == 0) & np.isfinite(stamp) & (stamp > 0)
+    order = np.argsort(t[first])
+    ts, stamps = t[first][order], stamp[first][order]
+    if len(ts) < 2:
+        return None
+    steps = np.diff(stamps) / np.maximum(np.diff(ts), 1)
+    steps = steps[steps > 0]
+    return float(np.median(steps)) if len(steps) else None

@@ -261,6 +261,18 @@ class Layout:
                 windows[(i.p, i.c)] = ngff.contrast_window(pixels)
         return windows
 
+    def set_time_step(self, seconds: float) -> None:
+        """The ``t`` axis' scale of every image becomes ``seconds`` (the measured frame interval)."""
+        self._scale = [seconds, *self._scale[1:]]
+        for img in list(self.images.values()):
+            with img.pub_lock:
+                for ms in img.group_meta["attributes"]["ome"]["multiscales"]:
+                    for ds in ms["datasets"]:
+                        for tr in ds["coordinateTransformations"]:
+                            if tr.get("type") == "scale":
+                                tr["scale"][0] = seconds
+                write_json(img.dir / "zarr.json", img.group_meta)
+
     def adopt_windows(self, windows: dict[tuple[int, int], tuple[float, float]]) -> list[tuple[Image, int]]:
         """Give raw images the windows of channels they lack; the (image, channel)s that got one. Under state."""
         firsts = []

@@ -381,6 +381,10 @@ class RunStore:
         for img in list(self._layout.images.values()):
             self._layout.publish(img)
         tables = finalize.write_tables(self.path, self._state, self._index)
+        if not (self.start.frame_interval_s or 0) > 0:
+            interval = finalize.measured_frame_interval(self.path)
+            if interval is not None:
+                self._layout.set_time_step(interval)
         self._update_provenance()
         with self._state:
             summary = finalize.summary(self._index, self._layout, end, tables)
