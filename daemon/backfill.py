@@ -39,7 +39,7 @@ def backfill_store(
     progress: Callable[[int, int], None] | None = None,
 ) -> BackfillResult:
     """Restore the frames of ``path`` that lack a restoration (all of them with ``redo``)."""
-    store = RunStore.reopen(path, storage, __version__)
+    store = RunStore.reopen(path, storage, __version__, renamed_ok=True)  # a copy is still its run
     try:
         todo = store.raw_indices() if redo else store.unrestored()
         for i in range(0, len(todo), batch_size):

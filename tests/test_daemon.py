@@ -289,6 +289,21 @@ def test_backfill_refuses_a_config_asking_for_another_restored_dtype(tmp_path):
     assert "restored image is uint16" in res.output and "restored_dtype: input" in res.output
 
 
+def test_backfill_works_on_a_renamed_copy_of_a_store(tmp_path):
+    """The store's own metadata names its run; a copy under another name is still that run."""
+    import shutil
+
+    from lowdose.daemon.backfill import backfill_store
+    from lowdose.daemon.config import StorageConfig
+    from lowdose.plugins.denoisers.identity import IdentityDenoiser
+
+    copy = tmp_path / "redo.ome.zarr"
+    shutil.copytree(_uint16_store(tmp_path), copy)
+    result = backfill_store(copy, IdentityDenoiser(), storage=StorageConfig(fsync=False), redo=True)
+    assert result.restored == 4 and result.summary["run"] == "run-u16"
+    np.testing.assert_array_equal(zarr.open_group(str(copy), mode="r")["restored/0"][2, 0, 0], ramp(2))
+
+
 STATUS_RUN_KEYS = [
     "run", "instrument", "store", "policy", "state", "frames_received", "frames_duplicate", "frames_written",
     "frames_restored_live", "frames_restored_backfill", "frames_skipped", "frames_failed", "restore_queue",

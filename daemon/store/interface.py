@@ -74,7 +74,7 @@ class Store(Protocol):
         ...
 
     @classmethod
-    def reopen(cls, path: Path, cfg: StorageConfig, lowdose_version: str) -> Self:
+    def reopen(cls, path: Path, cfg: StorageConfig, lowdose_version: str, *, renamed_ok: bool = False) -> Self:
         """Open an existing store from its own records (offline backfill, daemon resume)."""
         ...
 

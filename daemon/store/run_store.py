@@ -87,7 +87,11 @@ class RunStore:
         Reopening with a different frame shape/dtype raises :class:`StoreError`, and so does a disk-full or
         permission error. ``policy`` (``fifo``/``latest``) is recorded as provenance of ``restored``.
         """
-        path = Path(output_dir) / f"{start.run}.ome.zarr"
+        return cls._open_at(Path(output_dir) / f"{start.run}.ome.zarr", start, cfg, lowdose_version, policy)
+
+    @classmethod
+    def _open_at(cls, path: Path, start: Start, cfg: StorageConfig, lowdose_version: str,
+                 policy: str | None) -> "RunStore":
         cfg = _keep_declared_restored_dtype(path, start, cfg)
         store = cls(path, start, cfg, lowdose_version, policy)
         try:
@@ -101,17 +105,21 @@ class RunStore:
         return store
 
     @classmethod
-    def reopen(cls, path: Path, cfg: StorageConfig, lowdose_version: str) -> "RunStore":
-        """Open an existing run store from its own records (offline backfill, daemon resume)."""
+    def reopen(cls, path: Path, cfg: StorageConfig, lowdose_version: str, *, renamed_ok: bool = False) -> "RunStore":
+        """Open an existing run store from its own records (offline backfill, daemon resume).
+
+        The run is the one the store's own metadata names. A daemon finds runs by folder name, so it
+        opens only ``<run>.ome.zarr``; ``renamed_ok`` opens a renamed copy too (offline tools).
+        """
         path = Path(path)
         try:
             attrs = read_attrs(path)
             start = Start.model_validate(attrs["start"])
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise StoreError(f"{path} is not a lowdose run store ({exc}); give the path of a <run>.ome.zarr") from None
-        if path.name != f"{start.run}.ome.zarr":
+        if path.name != f"{start.run}.ome.zarr" and not renamed_ok:
             raise StoreError(f"{path} holds run {start.run!r}; its folder must be named {start.run}.ome.zarr")
-        return cls.open(path.parent, start, cfg, lowdose_version, policy=attrs.get("policy"))
+        return cls._open_at(path, start, cfg, lowdose_version, attrs.get("policy"))
 
     @staticmethod
     def read_state(path: Path) -> dict[str, Any]:
