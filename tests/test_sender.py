@@ -365,3 +365,26 @@ def test_phase_is_abandoned_when_the_close_timeout_leaves_frames_unacked(hook_cf
         assert sender.phase is SenderPhase.ABANDONED
     finally:
         daemon.close()
+
+
+def test_frames_submitted_after_the_sender_thread_died_are_kept_in_the_spool(hook_cfg_factory, tmp_path):
+    """Rule 2 even when the sender is gone: a frame submitted after its thread stopped (here it could not
+    load its key) must land in the spool and be reported unacked, not vanish in the hand-off queue."""
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    server_public, _ = zmq.auth.create_certificates(keys, "server")
+    _, client_secret = zmq.auth.create_certificates(keys, "scope")
+    os.chmod(client_secret, 0o644)  # refused: the thread fails as it connects
+    cfg = hook_cfg_factory("tcp://127.0.0.1:1", curve_server_public_key=server_public,
+                           curve_client_secret_key=client_secret)
+    sender = FrameSender(cfg, _start("run-orphan"))
+    sender.start()
+    deadline = time.monotonic() + 10
+    while sender.phase is not SenderPhase.ABANDONED and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert sender.phase is SenderPhase.ABANDONED
+    time.sleep(0.1)  # the thread's last words (spooling, report) are said before we submit
+    seqs = [sender.submit(_frame(k), {"t": k}) for k in range(3)]
+    report = sender.close(timeout=1.0)
+    assert report.unacked == 3 and "chmod 600" in (report.counters.last_error or "")
+    assert Spool(cfg.spool_dir, "run-orphan").seqs() == seqs

@@ -42,6 +42,7 @@ class Handoff:
         self._drained_bytes = 0  # written by the sender thread only
         self._pending: deque[FrameFields | EndRequest] = deque()
         self._end_requested = False
+        self._orphaned = False  # the sender thread has stopped for good: nobody will take frames
         self._idle = False  # the sender thread is (about to be) asleep in poll()
         self._wake_addr = f"inproc://lowdose-sender-wake-{id(self):x}-{time.monotonic_ns()}"
         self._wake_tx: zmq.Socket | None = None
@@ -81,6 +82,16 @@ class Handoff:
     def pending_bytes(self) -> int:
         """Pixel bytes handed over that the sender thread has not taken yet."""
         return self._submitted_bytes - self._drained_bytes
+
+    @property
+    def orphaned(self) -> bool:
+        """The sender thread is gone: whoever submits must keep the frame itself (see FrameSender.submit)."""
+        return self._orphaned
+
+    def orphan(self) -> None:
+        """The sender thread stops; frames handed over from now on are the producers' to keep."""
+        with self._lock:
+            self._orphaned = True
 
     def submit(self, pixels: np.ndarray, index: Any, timestamp: float, elapsed_ms: float | None,
                exposure_ms: float | None, metadata: Any) -> int:

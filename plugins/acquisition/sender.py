@@ -178,6 +178,7 @@ class FrameSender:
         self._conn = DaemonConnection(cfg, start.run)
         self._tally = _Tally()
         self._stop_now = threading.Event()  # abandon sending: spool everything and stop
+        self._orphan_lock = threading.Lock()  # the sender thread's last spooling vs. late submits
         self._driver = _Driver(cfg, start, self._handoff, self._ledger, self._conn, self._tally, self._stop_now)
 
         self._ctx: zmq.Context | None = None
@@ -229,7 +230,25 @@ class FrameSender:
         afterwards (MMCore hands every frame over as a fresh array).
         """
         ts = time.time() if timestamp is None else timestamp
-        return self._handoff.submit(pixels, index, ts, elapsed_ms, exposure_ms, metadata)
+        seq = self._handoff.submit(pixels, index, ts, elapsed_ms, exposure_ms, metadata)
+        if self._handoff.orphaned:
+            self._keep_orphans()
+        return seq
+
+    def _keep_orphans(self) -> None:
+        """The sender thread died (or stopped) before this frame: write it to the spool here.
+
+        Disk I/O in the acquisition thread breaks rule 1, but only once the sender is gone, when
+        the alternative is losing the frame (rule 2 wins); the report then counts it as unacked.
+        """
+        with self._orphan_lock:
+            try:
+                self._driver.spool_all()
+            except Exception as exc:  # the frame stays in RAM, and the report says so
+                log.exception("could not spool a frame of run %s after its sender stopped", self.run)
+                self._tally.last_error = f"spooling after the sender stopped failed: {exc!r}"
+            if self._done.is_set():
+                self._report = self._make_report()
 
     def finish(self, reason: str = "finished", *, frames: int | None = None, wait: bool = True,
                timeout: float | None = None) -> FinishReport | None:
@@ -331,18 +350,22 @@ class FrameSender:
             self._tally.last_error = f"sender thread failed: {exc!r}"
             self._driver.phase = SenderPhase.ABANDONED
         finally:
-            try:
-                self._driver.spool_all()
-            except Exception as exc:
-                log.exception("could not spool the unacked frames of run %s", self.run)
-                self._tally.last_error = f"spooling at close failed: {exc!r}"
+            with self._orphan_lock:
+                # from here on a producer keeps what it submits (see _keep_orphans): none is dropped
+                self._handoff.orphan()
+                try:
+                    self._driver.spool_all()
+                except Exception as exc:
+                    log.exception("could not spool the unacked frames of run %s", self.run)
+                    self._tally.last_error = f"spooling at close failed: {exc!r}"
             self._conn.close()
             self._handoff.close()
             if self._ctx is not None:
                 self._ctx.term()  # every socket of this context is closed by now
                 self._ctx = None
-            self._report = self._make_report()
-            self._done.set()
+            with self._orphan_lock:
+                self._report = self._make_report()
+                self._done.set()
 
     # ---------------------------------------------------------------- reporting
 
