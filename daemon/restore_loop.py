@@ -27,7 +27,7 @@ from .metrics import DaemonMetrics
 from lowdose.wire.protocol import Preview, encode
 from .phase import RunPhase
 from .restoring import read_raw_frames, restore_into_store
-from .runs import RunRegistry, RunState
+from .runs import FinishedRun, RunRegistry, RunState
 from .scheduler import Batch, LiveItem, Scheduler
 from .supervisor import LoopThread
 
@@ -47,6 +47,7 @@ class RestoreLoop(LoopThread):
         metrics: DaemonMetrics,
         restore_cfg: RestoreConfig,
         server_cfg: ServerConfig,
+        idle_close_s: float = 300.0,
     ):
         super().__init__(name="lowdose-restore", role="restore loop")
         self.ctx = ctx
@@ -56,6 +57,7 @@ class RestoreLoop(LoopThread):
         self.metrics = metrics
         self.cfg = restore_cfg
         self.server_cfg = server_cfg
+        self.idle_close_s = idle_close_s
         self.stopping = threading.Event()
         self.ready = threading.Event()
         self.denoiser: Denoiser | None = None
@@ -85,6 +87,7 @@ class RestoreLoop(LoopThread):
                     batch = self._backfill_batch()
                 if batch is None:
                     self._finalize_ready_runs()
+                    self._close_idle_runs()
                     continue
                 self._restore(batch, pub)
         finally:
@@ -129,9 +132,29 @@ class RestoreLoop(LoopThread):
                 return
             state.summary = state.store.finalize(state.end)
             state.advance(RunPhase.FINISHED)
+            # Nothing writes to a finished store again: release its files and threads, and keep
+            # only a small record (a daemon serving runs for months must not grow with them).
+            state.store.close()
+            record = FinishedRun.of(state, frames_skipped=self.scheduler.skipped(state.run))
         self.scheduler.remove_run(state.run)
+        self.runs.retire(record)
+        self._failures.pop(state.run, None)
         self.metrics.active_runs.set(len(self.runs.active()))
         log.info("run %s finished: %s", state.run, state.store.path)
+
+    def _close_idle_runs(self) -> None:
+        """Close the stores of unfinished runs no hook has written to for ``idle_close_s`` and with
+        nothing to restore; the I/O thread reopens one when its hook speaks again."""
+        now = time.monotonic()
+        for state in self.runs.active():
+            if state.store.closed or now - state.last_heard < self.idle_close_s:
+                continue
+            with state.lock:  # the I/O thread notes the hook's return under the same lock
+                if (state.store.closed or now - state.last_heard < self.idle_close_s or state.raw_complete
+                        or self.scheduler.pending(state.run) or state.store.unrestored_count()):
+                    continue
+                state.store.close()
+            log.info("run %s: idle for %.0f s, store closed until its hook speaks", state.run, self.idle_close_s)
 
     # -- the model call ------------------------------------------------------------------
 

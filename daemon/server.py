@@ -45,10 +45,11 @@ from lowdose.wire.protocol import (
     decode,
     encode,
     frame_pixels,
+    owner_digest,
 )
 from .phase import RunPhase
 from .restore_loop import RestoreLoop
-from .runs import RunRegistry, RunState
+from .runs import FinishedRun, RunRegistry, RunState
 from .scheduler import Scheduler
 from .sockets import DaemonError, bind_router
 from .supervisor import DaemonFailed, LoopDeath, LoopThread, Supervisor
@@ -73,7 +74,7 @@ class Daemon:
         self.id = uuid.uuid4().hex[:12]
         self.started_at = time.time()
         self.metrics = DaemonMetrics()
-        self.runs = RunRegistry()
+        self.runs = RunRegistry(keep_finished=cfg.storage.keep_finished_runs)
         self.scheduler = Scheduler(
             batch_size=cfg.restore.batch_size,
             queue_frames=cfg.restore.queue_frames,
@@ -91,6 +92,7 @@ class Daemon:
         self._router: zmq.Socket | None = None
         self._pull: zmq.Socket | None = None
         self._auth = None
+        self._peer_key: str | None = None  # CURVE key of the message being handled (I/O thread only)
         self.write_loop: WriteLoop | None = None
         self.restore_loop: RestoreLoop | None = None
         self.supervisor = Supervisor(self._fail)
@@ -109,6 +111,7 @@ class Daemon:
             metrics=self.metrics,
             restore_cfg=self.cfg.restore,
             server_cfg=self.cfg.server,
+            idle_close_s=self.cfg.storage.idle_close_s,
         )
         self.restore_loop.start()
         self.restore_loop.ready.wait()
@@ -186,7 +189,7 @@ class Daemon:
             self.restore_loop.stopping.set()
             self.scheduler.close()
             self.restore_loop.join(timeout)
-        for state in self.runs.all():
+        for state in self.runs.active():
             try:
                 state.store.close()
             except Exception:  # closing must not hide the other runs
@@ -248,6 +251,7 @@ class Daemon:
                         parts = self._router.recv_multipart(zmq.NOBLOCK, copy=False)
                     except zmq.Again:
                         break
+                    self._peer_key = self._client_key(parts[0])
                     self._handle(parts[0].bytes, parts[1:])
         if self.failed.is_set():
             # Silence, at once: a hook that still hears us would wait for acks that never come
@@ -255,6 +259,15 @@ class Daemon:
             self._router.close(linger=0)
             return
         self._forward_replies()
+
+    def _client_key(self, part: zmq.Frame) -> str | None:
+        """The CURVE public key (Z85) the ZAP handler authenticated this message's peer with, or None."""
+        if self._auth is None:
+            return None
+        try:
+            return part.get("User-Id")
+        except zmq.ZMQError:
+            return None
 
     def _forward_replies(self) -> None:
         assert self._router is not None and self._pull is not None
@@ -323,8 +336,19 @@ class Daemon:
                                             reason=f"run {start.run!r} already exists with frames "
                                                    f"{state.start.shape} {state.start.dtype}; use a new run id"))
                 return
-            state.heard_from(identity)
+            refusal = state.admit(identity, start, self._peer_key)
+            if refusal is not None:
+                self._not_owner(identity, start.run, None, refusal)
+                return
+            if isinstance(state, FinishedRun):
+                self._reply(identity, Ack(run=start.run, ranges=list(state.ranges), daemon=self.id, finished=True))
+                return
+            if not self._ensure_open(state, identity):
+                return
         else:
+            # The store keeps only a digest of the owner token (bound to the CURVE key): reading
+            # the store must not let anyone take the run over.
+            start = start.model_copy(update={"owner": owner_digest(start.owner, self._peer_key)})
             try:
                 store = RunStore.open(
                     self.cfg.storage.output_dir, start, self.cfg.storage, __version__, policy=self.cfg.restore.policy
@@ -336,7 +360,8 @@ class Daemon:
             counters = RunCounters(
                 run=start.run, instrument=start.instrument, store=str(store.path), policy=self.cfg.restore.policy
             )
-            state = RunState(start=start, store=store, identity=identity, counters=counters)
+            state = RunState(start=start, store=store, identity=identity, counters=counters,
+                             owner_key=self._peer_key)
             self.runs.add(state)
             self.scheduler.add_run(start.run)
             self.metrics.active_runs.set(len(self.runs.active()))
@@ -356,7 +381,8 @@ class Daemon:
                                         reason=f"frame is {tuple(frame.shape)} {frame.dtype} but run started with "
                                                f"{tuple(state.start.shape)} {state.start.dtype}"))
             return
-        state.heard_from(identity)
+        if not self._admitted(identity, state, frame.seq):
+            return
         now = time.time()
         c = state.counters
         c.frames_received += 1
@@ -371,8 +397,46 @@ class Daemon:
         if state is None:
             self._unknown_run(identity, end.run, None)
             return
-        state.heard_from(identity)
+        if not self._admitted(identity, state, None):
+            return
         self._inbox.put(EndReceived(end=end))
+
+    def _admitted(self, identity: bytes, state: RunState | FinishedRun, seq: int | None) -> bool:
+        """Whether a frame or end may go on: it comes from the connection bound to the run.
+
+        Anyone else gets ``not_owner`` and changes nothing, above all not where acks go (the
+        legitimate hook re-announces and is bound again). A finished run is answered from its
+        record; an idle one has its store reopened.
+        """
+        if not state.owns(identity, self._peer_key):
+            self.metrics.messages_rejected.labels(ErrorCode.NOT_OWNER).inc()
+            self._not_owner(identity, state.run, seq, f"this connection has not started run {state.run!r}; "
+                            "send its start (with the run's owner token) first")
+            return False
+        if isinstance(state, FinishedRun):
+            self._reply(identity, Ack(run=state.run, ranges=list(state.ranges), daemon=self.id, finished=True))
+            return False
+        state.last_heard = time.monotonic()
+        return self._ensure_open(state, identity)
+
+    def _ensure_open(self, state: RunState, identity: bytes) -> bool:
+        """Reopen the store of a run the restore loop closed while it was idle; False (and an error) if it fails."""
+        with state.lock:
+            state.last_heard = time.monotonic()  # under the lock: the restore loop cannot close it now
+            if not state.store.closed:
+                return True
+            try:
+                state.store = RunStore.reopen(state.store.path, self.cfg.storage, __version__)
+            except StoreError as exc:
+                self._reply(identity, Error(code=ErrorCode.STORE_FAILED, reason=str(exc), run=state.run,
+                                            daemon=self.id))
+                return False
+        log.info("run %s: reopened its idle store", state.run)
+        return True
+
+    def _not_owner(self, identity: bytes, run: str, seq: int | None, reason: str) -> None:
+        log.warning("refused a message for run %s from %r: %s", run, identity, reason)
+        self._reply(identity, Error(code=ErrorCode.NOT_OWNER, reason=reason, run=run, seq=seq, daemon=self.id))
 
     # -- status -----------------------------------------------------------------------
 

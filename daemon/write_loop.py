@@ -21,7 +21,7 @@ from .metrics import DaemonMetrics
 from .outbox import OutboxWriter
 from lowdose.wire.protocol import Ack, End, Error, ErrorCode, Frame, ranges_from_seqs
 from .phase import RunPhase
-from .runs import RunRegistry, RunState
+from .runs import FinishedRun, RunRegistry, RunState
 from .scheduler import LiveItem, Scheduler
 from .store import StoreError
 from .supervisor import LoopThread
@@ -111,6 +111,10 @@ class WriteLoop(LoopThread):
         state = self.runs.get(batch[0].frame.run)
         if state is None:  # cannot happen: the I/O thread checks before queueing
             return
+        if isinstance(state, FinishedRun):  # finished while these waited: every frame is in its closed store
+            outbox.send(state.identity, Ack(run=state.run, ranges=list(state.ranges), daemon=self.daemon_id,
+                                            finished=True))
+            return
         t0 = time.perf_counter()
         try:
             before = {r.frame.seq for r in batch if state.store.has_seq(r.frame.seq)}
@@ -145,7 +149,7 @@ class WriteLoop(LoopThread):
 
     def _end(self, end: End, outbox: OutboxWriter) -> None:
         state = self.runs.get(end.run)
-        if state is None:
+        if state is None or isinstance(state, FinishedRun):
             return
         state.end = end
         state.counters.expected_frames = end.frames

@@ -352,3 +352,136 @@ def test_a_run_moves_only_along_the_transition_table():
     assert resumed.phase is RunPhase.RECEIVING
     with pytest.raises(PhaseError):
         run(RunPhase.FINISHED)
+
+
+def _drain(client, seconds):
+    """Every reply ``client`` gets within ``seconds``."""
+    out, deadline = [], time.monotonic() + seconds
+    while True:
+        try:
+            out.append(client.recv(max(deadline - time.monotonic(), 0.01)))
+        except TimeoutError:
+            return out
+
+
+def test_another_client_cannot_take_over_a_run_or_its_acks(daemon):
+    # The issue: one message with the victim's run id from another DEALER redirected every later ack.
+    ep = daemon.cfg.server.endpoints[0]
+    token = p.new_owner_token()
+    victim, intruder = WireClient(ep), WireClient(ep)
+    victim.send(_start("run-own", owner=token))
+    for seq in range(3):
+        victim.send_frame("run-own", seq, ramp(seq), t=seq)
+    victim.recv_until(lambda m: 2 in acked([m]))
+    intruder.send(_start("run-own"))  # no token (an old client's start)
+    intruder.send(_start("run-own", owner=p.new_owner_token()))  # a guessed token
+    intruder.send_frame("run-own", 3, ramp(99), t=3)  # a frame it never started
+    intruder.send(p.End(run="run-own", frames=4))
+    replies = _drain(intruder, 1.0)
+    assert [(type(m), m.code, m.seq) for m in replies] == [(p.Error, "not_owner", None)] * 2 + [
+        (p.Error, "not_owner", 3), (p.Error, "not_owner", None)]
+    for seq in range(3, 6):
+        victim.send_frame("run-own", seq, ramp(seq), t=seq)
+    victim.send(p.End(run="run-own", frames=6))
+    _, seen = victim.recv_until(lambda m: isinstance(m, p.Ack) and m.finished)
+    assert acked(seen) >= {3, 4, 5}
+    assert not [m for m in _drain(intruder, 0.5) if isinstance(m, p.Ack)]  # not one ack went astray
+    assert daemon.wait_idle(30)
+    raw = zarr.open_array(str(daemon.cfg.storage.output_dir / "run-own.ome.zarr" / "raw" / "0"), mode="r")
+    np.testing.assert_array_equal(raw[3, 0, 0], ramp(3))  # the intruder's frame 3 was never written
+    victim.close()
+    intruder.close()
+
+
+def test_the_owner_keeps_its_run_across_reconnects_restarts_and_replays(tmp_path):
+    from lowdose.daemon.store import RunStore
+    from lowdose.plugins.acquisition.sender import FrameSender, replay_spool
+    from lowdose.wire.hook_config import HookConfig
+
+    cfg = _cfg(tmp_path, policy="fifo")
+    hook = HookConfig(endpoint=cfg.server.endpoints[0], spool_dir=tmp_path / "spool", ack_timeout_s=0.5,
+                      close_timeout_s=20)
+    d = Daemon(cfg)
+    d.start()
+    sender = FrameSender(hook, _start("run-keep"))
+    sender.start()
+    for t in range(3):
+        sender.submit(ramp(t), p.FrameIndex(t=t))
+    deadline = time.monotonic() + 10
+    while sender.counters().acked < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    token = sender.start_msg.owner
+    assert token and sender.counters().acked == 3
+    d.stop()
+    stored = RunStore.read_state(tmp_path / "data" / "run-keep.ome.zarr")["start"]["owner"]
+    assert stored.startswith("sha256:") and token not in stored  # the store keeps a digest, not the secret
+    for t in range(3, 6):
+        sender.submit(ramp(t), p.FrameIndex(t=t))
+    sender.abort_to_spool()  # the hook process goes away with frames 3-5 unacked
+    d2 = Daemon(cfg)
+    d2.start()
+    try:
+        assert d2.runs.get("run-keep").phase == "resumed"
+        intruder = WireClient(cfg.server.endpoints[0])
+        intruder.send(_start("run-keep"))
+        assert intruder.recv().code == "not_owner"  # the resumed run still knows its owner
+        intruder.close()
+        other = WireClient(cfg.server.endpoints[0])  # a new connection, the same token: a reconnect
+        other.send(_start("run-keep", owner=token))
+        assert acked([other.recv()]) == {0, 1, 2}
+        other.close()
+        (report,) = replay_spool(tmp_path / "spool", hook, timeout=20)  # yet another connection
+        assert report.acked == 3 and report.unacked == 0, report
+        assert d2.runs.get("run-keep").store.raw_count() == 6
+    finally:
+        d2.stop()
+
+
+def _threads_and_fds():
+    import os
+    import threading
+
+    return threading.active_count(), len(os.listdir("/proc/self/fd"))
+
+
+def test_finished_and_idle_runs_release_their_files_and_threads(tmp_path):
+    # The issue: each start kept ~2 fds and 1-2 threads for ever (300 runs: 7 -> 570 threads).
+    cfg = load_config(None, overrides={
+        "server.endpoints": [f"ipc://{tmp_path}/d.sock"], "server.preview_endpoint": None,
+        "storage.output_dir": str(tmp_path / "data"), "storage.fsync": False,
+        "storage.keep_finished_runs": 40, "storage.idle_close_s": 0.5, "restore.denoiser": "identity",
+    })
+    d = Daemon(cfg)
+    d.start()
+    try:
+        def runs(first, n):
+            for i in range(first, first + n):
+                _stream(d, f"short-{i}", range(3), end_frames=3)
+            deadline = time.monotonic() + 30
+            while d.runs.active() and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert not d.runs.active()
+
+        runs(0, 10)
+        before = _threads_and_fds()
+        runs(10, 110)
+        after = _threads_and_fds()
+        assert after[0] <= before[0] + 2 and after[1] <= before[1] + 4, (before, after)
+        assert len(d.runs.all()) == 40  # only the newest finished runs stay, as small records
+        assert query_status(cfg.server.endpoints[0])["runs"][-1]["state"] == "finished"
+
+        # an idle unfinished run is closed, and reopened when its hook speaks again
+        c = WireClient(cfg.server.endpoints[0])
+        c.send(_start("run-idle", owner=p.new_owner_token()))
+        c.send_frame("run-idle", 0, ramp(0), t=0)
+        c.recv_until(lambda m: 0 in acked([m]))
+        deadline = time.monotonic() + 10
+        while not d.runs.get("run-idle").store.closed and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert d.runs.get("run-idle").store.closed
+        c.send_frame("run-idle", 1, ramp(1), t=1)
+        c.recv_until(lambda m: 1 in acked([m]))
+        assert d.runs.get("run-idle").store.raw_count() == 2
+        c.close()
+    finally:
+        d.stop()

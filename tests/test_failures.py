@@ -323,3 +323,52 @@ def test_serve_raises_daemon_failed_and_a_stopped_daemon_is_no_failure(tmp_path,
     d.start()
     d.stop()
     assert d.failure is None and not d.failed.is_set()
+
+
+def test_with_curve_a_run_belongs_to_the_key_that_started_it(tmp_path):
+    # A stolen owner token is not enough: the run is bound to the CURVE key of its first start.
+    import zmq
+    import zmq.auth
+
+    from lowdose.wire import protocol as p
+
+    keys, allowed = tmp_path / "keys", tmp_path / "allowed"
+    keys.mkdir()
+    allowed.mkdir()
+    server_pub, server_sec = zmq.auth.create_certificates(str(keys), "daemon")
+    pairs = [zmq.auth.create_certificates(str(keys), name) for name in ("scope1", "scope2")]
+    for pub, _ in pairs:
+        (allowed / os.path.basename(pub)).write_bytes(open(pub, "rb").read())
+    os.chmod(server_sec, 0o600)
+    port = 5900 + (hash(str(tmp_path)) % 90)
+    endpoint = f"tcp://127.0.0.1:{port}"
+    cfg = _cfg(tmp_path, tmp_path / "data", **{
+        "server.endpoints": [endpoint],
+        "server.curve": {"enabled": True, "server_secret_key": server_sec, "authorized_keys_dir": str(allowed)},
+    })
+    d = Daemon(cfg)
+    d.start()
+    ctx = zmq.Context()
+    socks = []
+    try:
+        for _, secret in pairs:
+            pub, sec = zmq.auth.load_certificate(secret)
+            s = ctx.socket(zmq.DEALER)
+            s.curve_secretkey, s.curve_publickey = sec, pub
+            s.curve_serverkey = zmq.auth.load_certificate(server_pub)[0]
+            s.setsockopt(zmq.LINGER, 0)
+            s.connect(endpoint)
+            socks.append(s)
+        token = p.new_owner_token()
+        start = Start(run="curve-own", shape=(8, 8), dtype="uint16", owner=token)
+        replies = []
+        for s in socks:
+            s.send_multipart(p.encode(start))
+            assert s.poll(5000)
+            replies.append(p.decode(s.recv_multipart())[0])
+        assert isinstance(replies[0], p.Ack) and replies[1].code == "not_owner", replies
+    finally:
+        for s in socks:
+            s.close(linger=0)
+        ctx.term()
+        d.stop()

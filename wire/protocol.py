@@ -32,6 +32,7 @@ MAX_FRAME_SIDE = 32768
 MAX_FRAME_BYTES = 1 << 31
 FRAME_DTYPES = ("uint8", "uint16", "uint32", "int16", "int32", "float32")
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+OWNER_PATTERN = re.compile(r"^[A-Za-z0-9_.:\-]{16,128}$")
 
 
 class ErrorCode(str, Enum):
@@ -48,6 +49,7 @@ class ErrorCode(str, Enum):
     START_MISMATCH = "start_mismatch"  # a run with this id exists with another shape/dtype
     STORE_FAILED = "store_failed"  # the daemon could not write: keep the frame, resend later
     UNEXPECTED_KIND = "unexpected_kind"  # a daemon-to-client kind sent to the daemon
+    NOT_OWNER = "not_owner"  # this connection did not start the run (wrong or missing owner token / CURVE key)
 
     def __str__(self) -> str:
         return self.value
@@ -135,6 +137,9 @@ class Start(_Message):
     camera_gain: float | None = None  # ADU per e-
     summary: dict[str, Any] = Field(default_factory=dict)  # free-form summary metadata
     sequence: dict[str, Any] | None = None  # the useq MDASequence as JSON, when known
+    # A secret the hook draws once per run: only connections that present it in a start may send
+    # the run's frames and receive its acks. The daemon keeps only owner_digest() of it.
+    owner: str | None = Field(None, pattern=OWNER_PATTERN.pattern)
 
     @field_validator("sizes")
     @classmethod
@@ -145,6 +150,26 @@ class Start(_Message):
         if any(n < 0 for n in v.values()):
             raise ValueError("sizes must be >= 0")
         return v
+
+
+def new_owner_token() -> str:
+    """A fresh owner token for :attr:`Start.owner` (128 random bits)."""
+    import secrets
+
+    return secrets.token_urlsafe(16)
+
+
+def owner_digest(token: str | None, client_key: str | None = None) -> str | None:
+    """What a daemon stores of a run's owner: a hash of the token bound to the CURVE client key, if any.
+
+    None for a client that sent no token (an old hook): such a run has no secret to check.
+    """
+    if token is None:
+        return None
+    import hashlib
+
+    h = hashlib.sha256(b"lowdose-owner\0" + token.encode() + b"\0" + (client_key or "").encode())
+    return "sha256:" + h.hexdigest()
 
 
 class Frame(_Message):

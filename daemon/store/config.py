@@ -21,3 +21,8 @@ class StorageConfig(ConfigSection):
     fsync: bool = True
     restored_dtype: Literal["input", "float32"] = "input"
     write_queue_frames: int = Field(64, ge=1)
+    # An open store holds files and a thread pool: a run nobody writes to for this long, with
+    # nothing left to restore, is closed, and reopened when its hook speaks again.
+    idle_close_s: float = Field(300.0, gt=0)
+    # Finished runs are closed at once; `status` shows the newest this many of them.
+    keep_finished_runs: int = Field(1000, ge=0)

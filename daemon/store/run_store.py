@@ -409,6 +409,11 @@ class RunStore:
             self._restored_log.close()
             self._chunks.shutdown(wait=True)
 
+    @property
+    def closed(self) -> bool:
+        """Closed by :meth:`close` (its files and threads released); open it again to write."""
+        return self._closed
+
     def __enter__(self) -> "RunStore":
         return self
 

@@ -53,6 +53,7 @@ from lowdose.wire.protocol import (
     End,
     Error,
     ErrorCode,
+    new_owner_token,
     FrameIndex,
     ProtocolError,
     Start,
@@ -168,10 +169,14 @@ class FrameSender:
         spool_fsync: bool | None = None,
     ) -> None:
         self.cfg = cfg
-        self.start_msg = start
         self.run = start.run
         self._spool = Spool(cfg.spool_dir, start.run, fsync=cfg.spool_fsync if spool_fsync is None else spool_fsync)
         self._adopt = adopt_spool
+        if start.owner is None:
+            # Drawn once per run and kept in the spool's start.msgpack with the rest of the Start, so a
+            # reconnect, a restarted daemon and a later replay_spool all prove the same ownership.
+            start = start.model_copy(update={"owner": self._spooled_owner() or new_owner_token()})
+        self.start_msg = start
         self._handoff = Handoff(start.run, first_seq)  # the acquisition thread's side
         # the sender thread's side: only that thread writes these once it runs
         self._ledger = UnackedFrames(self._spool, encode(start)[1], int(cfg.memory_mb * 1024 * 1024))
@@ -330,6 +335,15 @@ class FrameSender:
             atexit.unregister(self._atexit)
             self._atexit = None
 
+    def _spooled_owner(self) -> str | None:
+        """The owner token of an earlier process's Start for this run, when adopting its spool."""
+        if not (self._adopt and self._spool.has_start()):
+            return None
+        try:
+            return self._spool.read_start().owner
+        except SpoolError:
+            return None
+
     def _adopt_spool(self) -> None:
         """Take over frames a previous process left in this run's spool."""
         end = self._spool.read_end()
@@ -413,6 +427,7 @@ class _Driver:
         self._deadline: float | None = None  # from the end request: when to stop waiting for acks
         self._settle_since: float | None = None  # all acked, End sent, confirmation still missing
         self._restart_due = False
+        self._owner_refused = False  # the daemon said our start is not the run's owner: final
         self._last_restart = -math.inf
         self._retry_at = 0.0
 
@@ -597,6 +612,16 @@ class _Driver:
         if msg.code == ErrorCode.UNKNOWN_RUN:
             self._on_unknown_run(msg.seq)
             return
+        if msg.code == ErrorCode.NOT_OWNER:
+            if msg.seq is None:
+                # our own start was refused: the run id is another client's; our frames stay ours
+                self._owner_refused = True
+                log.error("lowdose: daemon refused run %s: %s", self.run, self._tally.last_error)
+            if msg.seq is not None and not self._owner_refused:
+                # the daemon does not know this connection as the run's (it restarted, or we
+                # reconnected): announce again with our token, then resend
+                self._on_unknown_run(msg.seq)
+                return
         seq = msg.seq
         if seq is None or seq not in self._ledger:
             if seq is None and self.phase is SenderPhase.ENDING and msg.code not in TRANSIENT_ERRORS:
