@@ -361,6 +361,18 @@ class RunStore:
         self._layout.write_provenance(images, counts, models)
 
     # ------------------------------------------------------------------ end
+    def record_end(self, end: End) -> None:
+        """Keep the run's ``End`` in the root's attributes (fsynced when ``storage.fsync``).
+
+        Called before the end can be acknowledged (rule 2): a daemon killed after the hook heard
+        ``finished`` finds the end on restart and finalizes the run, which no hook will end again.
+        """
+        self._check_open()
+        try:
+            self._layout.record_end(end)
+        except OSError as exc:
+            raise store_error(exc, "recording the end of the run", exc.filename or self.path) from exc
+
     def finalize(self, end: End | None) -> dict[str, Any]:
         """Publish the final shapes, write per-frame tables, return (and store) the run's summary.
 

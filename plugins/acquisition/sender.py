@@ -394,6 +394,7 @@ class _Driver:
         self._last_restart = -math.inf
         self._retry_at = 0.0
         self._daemons_seen: set[str] = set()  # instance ids that have answered this run
+        self._finished_heard = False  # a daemon said every frame up to the run's end is written
 
     def run_thread(self, ctx: zmq.Context, wake: zmq.Socket) -> None:
         self._conn.open(ctx, wake, self.session)
@@ -510,6 +511,7 @@ class _Driver:
         if self.phase is SenderPhase.STREAMING and self.end is not None and not self._ledger.to_send:
             if conn.send(encode(self.end)):
                 self.phase = SenderPhase.ENDING
+                self.end_confirmed = self.end_confirmed or self._finished_heard
 
     def _send_frames(self) -> bool:
         """Fill the window; False if the socket had no room for a frame."""
@@ -579,8 +581,12 @@ class _Driver:
         self._tally.last_ack_time = time.time()
         for first, last in msg.ranges:
             self._tally.acked += self._ledger.ack(first, last)
-        if msg.finished and self.phase is SenderPhase.ENDING:
-            self.end_confirmed = True
+        if msg.finished:
+            # Also before our End is out: a restarted daemon that resumed the run complete says so in
+            # its reply to the Start, and the End sent after it gets no second confirmation.
+            self._finished_heard = True
+            if self.phase is SenderPhase.ENDING:
+                self.end_confirmed = True
 
     def _on_error(self, msg: Error) -> None:
         if msg.run is not None and msg.run != self.run:
