@@ -155,12 +155,16 @@ class Daemon:
 
         Their hook may never come back (it finished while we were down); the
         restore loop then still restores every written frame. A hook that does
-        come back re-announces the run and finds it here.
+        come back re-announces the run and finds it here. A run whose end was
+        stored and whose frames are all written goes on to restoring, so it is
+        finalized: its hook heard ``finished`` and will not end it again.
         """
         for path in sorted(self.cfg.storage.output_dir.glob("*.ome.zarr")):
             try:
-                if "summary" in RunStore.read_state(path):
+                attrs = RunStore.read_state(path)
+                if "summary" in attrs:
                     continue
+                end = End.model_validate(attrs["end"]) if attrs.get("end") else None
                 store = RunStore.reopen(path, self.cfg.storage, __version__)
             except (StoreError, OSError, ValueError, KeyError) as exc:
                 log.warning("not resuming %s: %s", path, exc)
@@ -169,8 +173,14 @@ class Daemon:
             counters = RunCounters(run=start.run, instrument=start.instrument, store=str(store.path),
                                    policy=self.cfg.restore.policy)
             counters.frames_written = store.raw_count()
-            self.runs.add(RunState(start=start, store=store, identity=b"", counters=counters,
-                                   initial_phase=RunPhase.RESUMED))
+            state = RunState(start=start, store=store, identity=b"", counters=counters,
+                             initial_phase=RunPhase.RESUMED, end=end)
+            if end is not None:
+                counters.expected_frames = end.frames
+                ranges = store.raw_seq_ranges()  # ascending: complete when the first covers 0..frames-1
+                if end.frames <= 0 or (ranges and ranges[0][0] == 0 and ranges[0][1] >= end.frames - 1):
+                    state.advance(RunPhase.RESTORING)
+            self.runs.add(state)  # complete before the restore loop can see it
             self.scheduler.add_run(start.run)
             log.info("resumed unfinished run %s (%d raw frames, %d to restore)", start.run,
                      store.raw_count(), store.unrestored_count())
@@ -398,6 +408,12 @@ class Daemon:
             self._unknown_run(identity, end.run, None)
             return
         if not self._admitted(identity, state, None):
+            return
+        try:
+            # durable before the write loop can answer finished (rule 2); a restarted daemon reads it back
+            state.store.record_end(end)
+        except StoreError as exc:
+            self._reply(identity, Error(code=ErrorCode.STORE_FAILED, reason=str(exc), run=end.run, daemon=self.id))
             return
         self._inbox.put(EndReceived(end=end))
 

@@ -40,12 +40,12 @@ def _start(run, shape=(32, 48), **kw):
     return p.Start(run=run, shape=shape, dtype="uint16", instrument="test", sizes={"t": kw.pop("t", 0)}, **kw)
 
 
-def _stream(d, run, seqs, end_frames=None):
+def _stream(d, run, seqs, end_frames=None, owner=None):
     """Start ``run``, send frames ``seqs``; with ``end_frames`` end the run and wait for the finished ack,
     else wait until the last frame is acked. Returns every reply seen."""
     c = WireClient(d.cfg.server.endpoints[0])
     seqs = list(seqs)
-    c.send(_start(run))
+    c.send(_start(run, owner=owner))
     for seq in seqs:
         c.send_frame(run, seq, ramp(seq), t=seq)
     if end_frames is None:
@@ -485,3 +485,76 @@ def test_finished_and_idle_runs_release_their_files_and_threads(tmp_path):
         c.close()
     finally:
         d.stop()
+
+
+def _send_run(d, run, n, *, first_seq=0, ack_timeout_s=3.0, owner=None):
+    """A real FrameSender: ``n`` ramp frames from ``first_seq``, then the end at ``first_seq + n``."""
+    from lowdose.plugins.acquisition.sender import FrameSender
+    from lowdose.wire.hook_config import HookConfig
+
+    cfg = HookConfig(endpoint=d.cfg.server.endpoints[0], spool_dir=d.cfg.storage.output_dir.parent / "spool",
+                     ack_timeout_s=ack_timeout_s, heartbeat_s=0.25, close_timeout_s=20.0)
+    sender = FrameSender(cfg, _start(run, owner=owner), first_seq=first_seq)
+    sender.start()
+    for seq in range(first_seq, first_seq + n):
+        sender.submit(ramp(seq), {"t": seq})
+    return sender.finish(timeout=20)
+
+
+def test_an_acknowledged_end_survives_a_kill_and_the_resumed_run_is_finalized(tmp_path):
+    from lowdose.daemon.store import RunStore
+
+    # a slow model, so the daemon stops (as a kill would: nothing in memory survives) before it finalizes
+    d = Daemon(_cfg(tmp_path, policy="fifo", batch_size=1, denoiser_options={"delay_ms": 50}))
+    d.start()
+    try:
+        report = _send_run(d, "run-ended", 20)
+        assert report is not None and report.ok, report  # the hook heard finished: it will never end the run again
+    finally:
+        d.stop()
+    store = tmp_path / "data" / "run-ended.ome.zarr"
+    assert "summary" not in RunStore.read_state(store)
+
+    d2 = Daemon(_cfg(tmp_path, policy="fifo"))
+    d2.start()
+    try:
+        st = d2.runs.get("run-ended")
+        assert st is not None and st.end is not None and st.end.frames == 20
+        assert d2.wait_idle(15), st.phase
+        assert st.finished
+    finally:
+        d2.stop()
+    state = RunStore.read_state(store)
+    assert state["summary"]["end_reason"] == "finished" and state["end"]["frames"] == 20
+    assert (store / "lowdose" / "tables").exists()
+    restored = zarr.open_array(str(store / "restored" / "0"), mode="r")
+    assert restored.shape[0] == 20
+
+
+def test_a_hook_ending_a_run_the_restarted_daemon_holds_complete_is_confirmed(tmp_path):
+    # The daemon died after storing the End but before the hook heard finished; its successor resumes
+    # the run complete. The hook comes back resending every frame (more than its window), so the reply
+    # to its Start, finished, comes before its End; it must count, not the grace after the End.
+    from lowdose.wire.protocol import new_owner_token
+
+    token = new_owner_token()
+    d = Daemon(_cfg(tmp_path, policy="fifo", batch_size=1, denoiser_options={"delay_ms": 50}))
+    d.start()
+    try:
+        # the finished ack this test's hook "missed"; the same hook (same owner token) comes back below
+        _stream(d, "run-reend", range(12), end_frames=12, owner=token)
+    finally:
+        d.stop()
+    from lowdose.daemon.store import RunStore
+
+    state = RunStore.read_state(tmp_path / "data" / "run-reend.ome.zarr")
+    assert "summary" not in state and state["end"]["frames"] == 12
+    d2 = Daemon(_cfg(tmp_path, policy="fifo"))
+    d2.start()
+    try:
+        t0 = time.monotonic()
+        report = _send_run(d2, "run-reend", 12, ack_timeout_s=3.0, owner=token)
+        assert report is not None and report.ok and report.finished, report
+        assert time.monotonic() - t0 < 3.0  # not the 2 x ack_timeout_s grace
+    finally:
+        d2.stop()

@@ -141,6 +141,36 @@ def test_daemon_restart_with_unknown_run_gets_start_and_unacked_frames_again(fak
         sender.close(timeout=1)
 
 
+def test_daemon_restarted_within_the_ack_timeout_gets_the_frames_it_lost(fake_daemon, hook_cfg_factory):
+    # The replacement daemon resumes the run (no unknown_run) and answers heartbeats at once, so the
+    # ack timer never runs out; only its new instance id says that the frames in flight are gone.
+    cfg = hook_cfg_factory(fake_daemon.endpoint, ack_timeout_s=3.0, heartbeat_s=1.0)  # the shipped defaults
+    run = "run-quick-restart"
+    sender = FrameSender(cfg, _start(run))
+    sender.start()
+    try:
+        _submit(sender, 30)
+        assert fake_daemon.wait_for(lambda: sender.counters().acked == 30)
+        fake_daemon.ack = False
+        _submit(sender, 10, first=30)
+        assert fake_daemon.wait_for(lambda: len(fake_daemon.frames(run)) == 30 + cfg.window_frames)
+        fake_daemon.kill()
+        with fake_daemon._lock:  # killed before they were durable: the new daemon has none of them
+            for seq in range(30, 40):
+                fake_daemon.store.pop((run, seq), None)
+        fake_daemon.known_runs.add(run)  # resumed from its records
+        fake_daemon.ack = True
+        time.sleep(0.2)
+        fake_daemon.restart()
+        report = sender.finish(timeout=8)
+        assert report is not None and report.ok, report
+        _assert_all_delivered(fake_daemon, run, 40)
+        assert report.counters.reconnects == 0  # the instance change, not the Lazy Pirate timeout, resent them
+        assert report.counters.daemon == fake_daemon.id
+    finally:
+        sender.close(timeout=1)
+
+
 def test_unknown_run_error_triggers_one_restart(fake_daemon, hook_cfg_factory):
     cfg = hook_cfg_factory(fake_daemon.endpoint, ack_timeout_s=5.0)
     sender = FrameSender(cfg, _start("run-forgot"))

@@ -591,3 +591,24 @@ def test_an_announced_frame_interval_is_kept(tmp_path: Path) -> None:
     store.finalize(End(run="run1", frames=4))
     assert _t_scale(store, "raw") == 0.5
     store.close()
+
+
+def test_two_seqs_for_one_index_in_one_batch_store_the_last(tmp_path: Path) -> None:
+    # A hook that re-took a time point sends a second seq for the same index; when both land in one
+    # write batch they used to be written in parallel to the same chunk file, and some indices kept the
+    # first seq's pixels while the records (and the index) named the second.
+    n = 300
+    store = RunStore.open(tmp_path, make_start(), cfg(fsync=False), VERSION)
+    # adjacent in the batch, so the two writes of an index overlap on the pool
+    batch = [f for t in range(n) for f in (frame(t, t=t), frame(n + t, t=t))]
+    assert sorted(store.write_raw(batch)) == list(range(2 * n))
+    wrong = [t for t in range(n) if not np.array_equal(store.read_raw(FrameIndex(t=t)), pixels(n + t))]
+    assert wrong == []
+    assert [store.seq_of(FrameIndex(t=t)) for t in range(n)] == [n + t for t in range(n)]
+    store.close()
+    # the records agree with the chunks after a reopen: the last record of each index is the winner
+    reopened = RunStore.open(tmp_path, make_start(), cfg(fsync=False), VERSION)
+    assert [reopened.seq_of(FrameIndex(t=t)) for t in range(n)] == [n + t for t in range(n)]
+    assert all(np.array_equal(reopened.read_raw(FrameIndex(t=t)), pixels(n + t)) for t in range(n))
+    assert reopened.raw_count() == 2 * n  # both seqs count as stored: the first is acked, not resent
+    reopened.close()

@@ -128,6 +128,10 @@ class Store(Protocol):
 
     def restored_count(self) -> int: ...
 
+    def record_end(self, end: End) -> None:
+        """Store the run's ``End`` durably (``read_state`` shows it as ``end``) before it is acknowledged."""
+        ...
+
     def finalize(self, end: End | None) -> dict[str, Any]:
         """Publish everything written, write the per-frame tables, store and return the run's summary."""
         ...

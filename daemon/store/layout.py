@@ -97,6 +97,7 @@ class Layout:
         self.finalized = False  # then every image of a position is published with the raw extent
         self._index = index
         self._state = state
+        self._root_lock = threading.Lock()  # the root's zarr.json is read, changed and replaced whole
         self._scale = ngff.scale(start.frame_interval_s, start.z_step_um, start.pixel_size_um)
 
     # ------------------------------------------------------------------ root
@@ -162,11 +163,27 @@ class Layout:
 
     def write_end(self, summary: dict[str, Any], end: End | None) -> None:
         """Store the run's summary and End message in the root's attributes."""
-        root_json = self.path / "zarr.json"
-        root = json.loads(root_json.read_text())
-        root["attributes"]["lowdose"]["summary"] = summary
-        root["attributes"]["lowdose"]["end"] = end.model_dump(mode="json") if end else None
-        write_json(root_json, jsonable(root), fsync=self.cfg.fsync)
+        with self._root_lock:
+            root_json = self.path / "zarr.json"
+            root = json.loads(root_json.read_text())
+            root["attributes"]["lowdose"]["summary"] = summary
+            root["attributes"]["lowdose"]["end"] = end.model_dump(mode="json") if end else None
+            write_json(root_json, jsonable(root), fsync=self.cfg.fsync)
+
+    def record_end(self, end: End) -> bool:
+        """Store the End alone in the root's attributes, durably; False if it was there already."""
+        with self._root_lock:
+            root_json = self.path / "zarr.json"
+            root = json.loads(root_json.read_text())
+            attrs = root["attributes"]["lowdose"]
+            dumped = end.model_dump(mode="json")
+            if attrs.get("end") == dumped:
+                return False  # an End sent again after a reconnect costs no write
+            attrs["end"] = dumped
+            write_json(root_json, jsonable(root), fsync=self.cfg.fsync)
+            if self.cfg.fsync:
+                fsync_dir(self.path)  # the rename over the old zarr.json
+            return True
 
     # ------------------------------------------------------------------ images
     def has(self, p: int, kind: str) -> bool:

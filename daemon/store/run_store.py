@@ -205,9 +205,12 @@ class RunStore:
                 self._ensure_position(p)
         # data, then the records that name it, then the count (docs/design.md rule 4): each step only once
         # the one before it is durable, so a kill at any point leaves nothing visible that is not stored
-        self._chunks.write([self._layout.job(KIND_RAW, f.index, px) for f, px in todo], parallel=True)
+        winners = _last_per_index(todo)
+        self._chunks.write([self._layout.job(KIND_RAW, f.index, px) for f, px in winners], parallel=True)
+        # Every seq gets its record (each is acked and must stay stored after a reopen), in arrival
+        # order, so replaying them leaves each index naming its winner, the seq whose pixels are there.
         self._frames_log.append(records.frame_lines(todo))
-        windows = self._layout.first_windows(todo)
+        windows = self._layout.first_windows(winners)
         grown: set[int] = set()
         with self._state:
             for frame, _ in todo:
@@ -368,6 +371,18 @@ class RunStore:
         self._layout.write_provenance(images, counts, models)
 
     # ------------------------------------------------------------------ end
+    def record_end(self, end: End) -> None:
+        """Keep the run's ``End`` in the root's attributes (fsynced when ``storage.fsync``).
+
+        Called before the end can be acknowledged (rule 2): a daemon killed after the hook heard
+        ``finished`` finds the end on restart and finalizes the run, which no hook will end again.
+        """
+        self._check_open()
+        try:
+            self._layout.record_end(end)
+        except OSError as exc:
+            raise store_error(exc, "recording the end of the run", exc.filename or self.path) from exc
+
     def finalize(self, end: End | None) -> dict[str, Any]:
         """Publish the final shapes, write per-frame tables, return (and store) the run's summary.
 
@@ -423,6 +438,21 @@ class RunStore:
     def _check_open(self) -> None:
         if self._closed:
             raise StoreError(f"the run store {self.path} is closed; RunStore.open() it again")
+
+
+def _last_per_index(frames: list[tuple[Frame, np.ndarray]]) -> list[tuple[Frame, np.ndarray]]:
+    """One writer per chunk: of the frames of a batch that share an index, only the last to arrive.
+
+    Two writes to one chunk file on the pool race (neither sees the other's file, both truncate it in
+    place), and the file may end with the loser's pixels while the records name the winner.
+    """
+    last: dict[tuple[int, int, int, int], int] = {}
+    for k, (f, _) in enumerate(frames):
+        last[(f.index.p, f.index.t, f.index.c, f.index.z)] = k
+    if len(last) == len(frames):
+        return frames
+    keep = set(last.values())
+    return [item for k, item in enumerate(frames) if k in keep]
 
 
 def _check_raw(start: Start, frame: Frame, pixels: np.ndarray, shape: tuple[int, int], dtype: np.dtype) -> None:

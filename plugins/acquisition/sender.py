@@ -15,7 +15,8 @@
 * A daemon that stays silent for ``ack_timeout_s`` while something is
   outstanding is presumed dead: the socket is closed and recreated (the Lazy
   Pirate pattern of the ZeroMQ guide) and ``Start`` plus every unacked frame is
-  sent again. A daemon that restarted and answers ``unknown_run`` gets the same.
+  sent again. A daemon that restarted and answers ``unknown_run`` gets the same, and so does
+  one that answers with a new instance id (it restarted quickly and resumed the run).
   Resends reuse sequence numbers; the daemon's writes are idempotent by seq.
 * A frame the daemon refuses for good (any code not in ``TRANSIENT_ERRORS``) is
   counted as rejected and kept in the spool's ``rejected/`` folder; it is never resent.
@@ -80,8 +81,8 @@ class SenderPhase(str, Enum):
     was requested and no frame waits to be sent, and the socket took the ``End``.
     ``ending -> settled``: nothing is unacked and the daemon confirmed the end (or
     ``2 x ack_timeout_s`` passed without it). Any of the first three goes back to ``announcing``
-    when a new session begins (the daemon went silent: a new socket; or it answered
-    ``unknown_run``), and to ``abandoned`` on the close timeout, :meth:`FrameSender.abort_to_spool`
+    when a new session begins (the daemon went silent: a new socket; it answered ``unknown_run``;
+    or a new daemon instance answered), and to ``abandoned`` on the close timeout, :meth:`FrameSender.abort_to_spool`
     or a failure of the thread. ``settled`` and ``abandoned`` are final.
     """
 
@@ -111,7 +112,7 @@ class SenderCounters:
     in_memory_bytes: int  # pixel bytes held in RAM for unacked frames
     in_flight: int  # frames on the wire awaiting an ack
     reconnects: int  # sockets recreated after the daemon went silent
-    restarts: int  # runs re-announced after the daemon answered unknown_run
+    restarts: int  # runs re-announced: the daemon answered unknown_run, or a new daemon instance answered
     daemon_alive: bool
     last_ack_time: float | None  # time.time() of the last ack
     daemon: str  # the daemon's instance id, from its last reply
@@ -430,6 +431,8 @@ class _Driver:
         self._owner_refused = False  # the daemon said our start is not the run's owner: final
         self._last_restart = -math.inf
         self._retry_at = 0.0
+        self._daemons_seen: set[str] = set()  # instance ids that have answered this run
+        self._finished_heard = False  # a daemon said every frame up to the run's end is written
 
     def run_thread(self, ctx: zmq.Context, wake: zmq.Socket) -> None:
         self._conn.open(ctx, wake, self.session)
@@ -546,6 +549,7 @@ class _Driver:
         if self.phase is SenderPhase.STREAMING and self.end is not None and not self._ledger.to_send:
             if conn.send(encode(self.end)):
                 self.phase = SenderPhase.ENDING
+                self.end_confirmed = self.end_confirmed or self._finished_heard
 
     def _send_frames(self) -> bool:
         """Fill the window; False if the socket had no room for a frame."""
@@ -590,11 +594,24 @@ class _Driver:
             # noted; any other kind a daemon should not send, and it is ignored.
 
     def _note_daemon(self, daemon: str | None) -> None:
-        # A new id means another daemon process answers. Known gap: one restarted within
-        # ack_timeout_s has lost what was in flight without saying so; re-announcing the run
-        # here (``self._restart_session()``) would resend it at once.
-        if daemon and daemon != self._tally.daemon:
-            self._tally.daemon = daemon
+        """A reply from a daemon instance never heard before, after another one: re-announce and resend.
+
+        The new process lost whatever was in flight to the old one without saying so: it resumes the
+        run from its records (no unknown_run) and answers heartbeats at once, so the ack timeout never
+        runs out. Only its id tells, and waiting on the lost acks would hold the window shut for good
+        (rule 2). Ids already seen are ignored: a late reply from the old process is no new restart.
+        """
+        if not daemon or daemon == self._tally.daemon:
+            return
+        previous, self._tally.daemon = self._tally.daemon, daemon
+        if daemon in self._daemons_seen:
+            return
+        self._daemons_seen.add(daemon)
+        if previous:
+            self._tally.restarts += 1
+            log.warning("lowdose: daemon %s replaced by %s: re-announcing run %s with every unacked frame",
+                        previous, daemon, self.run)
+            self._restart_session()
 
     def _on_ack(self, msg: Ack) -> None:
         if msg.run != self.run:
@@ -602,8 +619,12 @@ class _Driver:
         self._tally.last_ack_time = time.time()
         for first, last in msg.ranges:
             self._tally.acked += self._ledger.ack(first, last)
-        if msg.finished and self.phase is SenderPhase.ENDING:
-            self.end_confirmed = True
+        if msg.finished:
+            # Also before our End is out: a restarted daemon that resumed the run complete says so in
+            # its reply to the Start, and the End sent after it gets no second confirmation.
+            self._finished_heard = True
+            if self.phase is SenderPhase.ENDING:
+                self.end_confirmed = True
 
     def _on_error(self, msg: Error) -> None:
         if msg.run is not None and msg.run != self.run:
