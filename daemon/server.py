@@ -278,13 +278,28 @@ class Daemon:
     # -- message handling ---------------------------------------------------------------
 
     def _handle(self, identity: bytes, parts: list) -> None:
+        """Answer one message. Whatever goes wrong with it is that client's answer, never the I/O
+        thread's death: rule 5 says a bad message is refused and every other microscope still served."""
+        msg = None
         try:
             msg, payload = decode(parts)
+            self._dispatch(identity, msg, payload, parts)
         except ProtocolError as exc:
             self.metrics.messages_rejected.labels(exc.code).inc()
-            log.warning("rejected message from %r: %s", identity, exc)
+            log.warning("rejected message from %r: %s", identity[:64], exc)
             self._reply(identity, Error(code=exc.code, reason=exc.reason, run=exc.run, seq=exc.seq, daemon=self.id))
-            return
+        except Exception as exc:
+            # A bug met on this message: a store nobody could write is the daemon's to report, but
+            # this thread keeps serving (the data path, the write and restore loops, still dies loudly).
+            log.exception("internal error on a message from %r", identity[:64])
+            self.metrics.messages_rejected.labels(ErrorCode.INTERNAL).inc()
+            run = getattr(msg, "run", None)
+            seq = getattr(msg, "seq", None) if isinstance(msg, Frame) else None
+            self._reply(identity, Error(code=ErrorCode.INTERNAL, run=run if isinstance(run, str) else None, seq=seq,
+                                        daemon=self.id, reason=f"the daemon failed on this message "
+                                        f"({type(exc).__name__}: {exc}); it is logged there: report it"))
+
+    def _dispatch(self, identity: bytes, msg, payload, parts: list) -> None:
         if isinstance(msg, Frame):
             self._on_frame(identity, msg, payload, parts[2])
         elif isinstance(msg, Start):
@@ -356,6 +371,12 @@ class Daemon:
                                         reason=f"frame is {tuple(frame.shape)} {frame.dtype} but run started with "
                                                f"{tuple(state.start.shape)} {state.start.dtype}"))
             return
+        refusal = _frame_refusal(state, frame)
+        if refusal is not None:
+            code, reason = refusal
+            self.metrics.messages_rejected.labels(code).inc()
+            self._reply(identity, Error(code=code, run=frame.run, seq=frame.seq, daemon=self.id, reason=reason))
+            return
         state.heard_from(identity)
         now = time.time()
         c = state.counters
@@ -394,6 +415,27 @@ class Daemon:
             "restore_queue": self.scheduler.pending(),
             "runs": runs,
         }
+
+
+def _frame_refusal(state: RunState, frame: Frame) -> tuple[ErrorCode, str] | None:
+    """Why ``frame`` does not belong to ``state``'s run, or None.
+
+    Sizes the start declared bound the run's tables (rule 5); a frame past the run's end would be
+    written but never restored nor summarised (rule 3), so it is refused rather than acked.
+    """
+    sizes = state.start.sizes
+    for axis in "tpcz":
+        declared = sizes.get(axis, 0)
+        if declared > 0 and getattr(frame.index, axis) >= declared:
+            return ErrorCode.INDEX_OUT_OF_RANGE, (
+                f"frame index {axis}={getattr(frame.index, axis)} is outside the run's declared "
+                f"sizes[{axis!r}]={declared}; declare larger sizes (or none) in a new run's start")
+    end = state.end
+    if end is not None and frame.seq >= end.frames:
+        return ErrorCode.RUN_FINISHED, (
+            f"run {frame.run!r} ended with {end.frames} frames (seq 0..{end.frames - 1}); seq {frame.seq} "
+            f"comes after its end and is not stored: start a new run for more frames")
+    return None
 
 
 def serve(cfg: LowdoseConfig, *, ready: Callable[[Daemon], None] | None = None) -> None:
