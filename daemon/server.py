@@ -37,6 +37,7 @@ from lowdose.wire.protocol import (
     Error,
     ErrorCode,
     Frame,
+    MAX_CZ,
     Heartbeat,
     ProtocolError,
     Start,
@@ -96,6 +97,7 @@ class Daemon:
         self.supervisor = Supervisor(self._fail)
         self.failure: LoopDeath | None = None  # set once a loop died: the daemon no longer answers
         self.failed = threading.Event()
+        self._run_cz: dict[str, tuple[int, int]] = {}  # run -> (C, Z) its frames reached: see _frame_refusal
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -371,7 +373,7 @@ class Daemon:
                                         reason=f"frame is {tuple(frame.shape)} {frame.dtype} but run started with "
                                                f"{tuple(state.start.shape)} {state.start.dtype}"))
             return
-        refusal = _frame_refusal(state, frame)
+        refusal = self._frame_refusal(state, frame)
         if refusal is not None:
             code, reason = refusal
             self.metrics.messages_rejected.labels(code).inc()
@@ -386,6 +388,36 @@ class Daemon:
         self.metrics.frames_received.labels(frame.run).inc()
         pixels = frame_pixels(frame, payload)
         self._inbox.put(Received(frame=frame, pixels=pixels, received_at=time.monotonic(), keepalive=zmq_part))
+
+    def _frame_refusal(self, state: RunState, frame: Frame) -> tuple[ErrorCode, str] | None:
+        """Why ``frame`` does not belong to ``state``'s run, or None (and then its C x Z is counted).
+
+        Sizes the start declared bound the run's tables (rule 5); a frame past the run's end would be
+        written but never restored nor summarised (rule 3), so it is refused rather than acked.
+        """
+        sizes, index = state.start.sizes, frame.index
+        for axis in "tpcz":
+            declared = sizes.get(axis, 0)
+            if declared > 0 and getattr(index, axis) >= declared:
+                return ErrorCode.INDEX_OUT_OF_RANGE, (
+                    f"frame index {axis}={getattr(index, axis)} is outside the run's declared "
+                    f"sizes[{axis!r}]={declared}; declare larger sizes (or none) in a new run's start")
+        # Each frame's (c+1)(z+1) is bounded at the wire, but C and Z grow apart (c=255 in one frame,
+        # z=9999 in the next): the store lays out C x Z, so the run's reach is what must stay within MAX_CZ.
+        # (A run resumed from disk starts counting again from its start's sizes.)
+        c0, z0 = self._run_cz.get(frame.run, (max(sizes.get("c", 1), 1), max(sizes.get("z", 1), 1)))
+        cz = (max(c0, index.c + 1), max(z0, index.z + 1))
+        if cz[0] * cz[1] > MAX_CZ:
+            return ErrorCode.INDEX_OUT_OF_RANGE, (
+                f"frame index c={index.c}, z={index.z} would make run {frame.run!r} span {cz[0]} channels x "
+                f"{cz[1]} slices, over the {MAX_CZ} one position may hold; declare sizes within it")
+        end = state.end
+        if end is not None and frame.seq >= end.frames:
+            return ErrorCode.RUN_FINISHED, (
+                f"run {frame.run!r} ended with {end.frames} frames (seq 0..{end.frames - 1}); seq {frame.seq} "
+                f"comes after its end and is not stored: start a new run for more frames")
+        self._run_cz[frame.run] = cz
+        return None
 
     def _on_end(self, identity: bytes, end: End) -> None:
         state = self.runs.get(end.run)
@@ -415,27 +447,6 @@ class Daemon:
             "restore_queue": self.scheduler.pending(),
             "runs": runs,
         }
-
-
-def _frame_refusal(state: RunState, frame: Frame) -> tuple[ErrorCode, str] | None:
-    """Why ``frame`` does not belong to ``state``'s run, or None.
-
-    Sizes the start declared bound the run's tables (rule 5); a frame past the run's end would be
-    written but never restored nor summarised (rule 3), so it is refused rather than acked.
-    """
-    sizes = state.start.sizes
-    for axis in "tpcz":
-        declared = sizes.get(axis, 0)
-        if declared > 0 and getattr(frame.index, axis) >= declared:
-            return ErrorCode.INDEX_OUT_OF_RANGE, (
-                f"frame index {axis}={getattr(frame.index, axis)} is outside the run's declared "
-                f"sizes[{axis!r}]={declared}; declare larger sizes (or none) in a new run's start")
-    end = state.end
-    if end is not None and frame.seq >= end.frames:
-        return ErrorCode.RUN_FINISHED, (
-            f"run {frame.run!r} ended with {end.frames} frames (seq 0..{end.frames - 1}); seq {frame.seq} "
-            f"comes after its end and is not stored: start a new run for more frames")
-    return None
 
 
 def serve(cfg: LowdoseConfig, *, ready: Callable[[Daemon], None] | None = None) -> None:

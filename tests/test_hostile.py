@@ -163,6 +163,17 @@ def test_a_frame_outside_the_declared_sizes_is_refused_and_not_written(daemon, c
     client.recv_until(lambda m: 2 in acked([m]))
 
 
+def test_channels_and_slices_that_grow_apart_are_refused_before_the_block_would(daemon, client):
+    # each frame alone fits the wire's (c+1)(z+1) bound; together they would lay out 256 x 10000 cells
+    _good_run(client, "apart", 1)
+    client.send_frame("apart", 1, ramp(1), t=1, z=9999)
+    client.recv_until(lambda m: 1 in acked([m]))
+    client.send_frame("apart", 2, ramp(2), t=2, c=255)
+    err = _error(client)
+    assert (err.code, err.seq) == (p.ErrorCode.INDEX_OUT_OF_RANGE, 2)
+    assert not daemon.runs.get("apart").store.has_seq(2)
+
+
 # -- item 9: frames after the run finished ---------------------------------------------------------
 
 
