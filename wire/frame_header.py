@@ -17,9 +17,22 @@ import msgpack
 import numpy as np
 
 from .jsonsafe import jsonable
-from .protocol import FRAME_DTYPES, MAX_FRAME_SIDE, Frame, FrameIndex, encode
+from .protocol import (
+    FRAME_DTYPES,
+    MAX_CHANNELS,
+    MAX_CZ,
+    MAX_FRAME_SIDE,
+    MAX_POSITIONS,
+    MAX_T,
+    MAX_Z,
+    Frame,
+    FrameIndex,
+    encode,
+    freeform_problem,
+)
 
 _INDEX_KEYS = frozenset("tpcz")
+_INDEX_LIMITS = {"t": MAX_T, "p": MAX_POSITIONS, "c": MAX_CHANNELS, "z": MAX_Z}
 
 
 @dataclass(slots=True)
@@ -54,6 +67,7 @@ def validated_frame_header(run: str, fields: FrameFields) -> bytes:
         index = FrameIndex()
     elif not isinstance(index, FrameIndex):
         index = FrameIndex(**index)
+    metadata = sendable_metadata(fields.metadata)
     msg = Frame(
         run=run,
         seq=fields.seq,
@@ -63,13 +77,25 @@ def validated_frame_header(run: str, fields: FrameFields) -> bytes:
         timestamp=fields.timestamp,
         elapsed_ms=fields.elapsed_ms,
         exposure_ms=fields.exposure_ms,
-        metadata=fields.metadata or {},
+        metadata=metadata,
     )
     try:
         return encode(msg)[1]
     except (TypeError, ValueError, msgpack.PackException):
         # metadata that msgpack cannot carry: keep the frame, stringify the rest
-        return encode(msg.model_copy(update={"metadata": jsonable(fields.metadata)}))[1]
+        return encode(msg.model_copy(update={"metadata": sendable_metadata(jsonable(metadata))}))[1]
+
+
+def sendable_metadata(metadata: Any) -> dict:
+    """``metadata`` within the protocol's free-form bounds, which the daemon would otherwise refuse with
+    the whole frame: the pixels matter more than their metadata (rule 2), so too deep a map is cut to
+    ``jsonable``'s depth, and one still too large is replaced by a note saying why."""
+    metadata = metadata if metadata is not None else {}
+    if type(metadata) is not dict or freeform_problem(metadata) is None:  # not a map: Frame says so
+        return metadata
+    cut = jsonable(metadata)
+    problem = freeform_problem(cut)
+    return cut if problem is None else {"lowdose_metadata_dropped": f"metadata over the protocol's bounds: {problem}"}
 
 
 def fast_frame_header(run: str, fields: FrameFields) -> bytes | None:
@@ -94,11 +120,14 @@ def fast_frame_header(run: str, fields: FrameFields) -> bytes | None:
         index = index.model_dump()
     if type(index) is not dict or not _INDEX_KEYS.issuperset(index):
         return None
-    for v in index.values():
-        if type(v) is not int or v < 0:
+    for k, v in index.items():
+        if type(v) is not int or not 0 <= v < _INDEX_LIMITS[k]:
             return None
+    if (index.get("c", 0) + 1) * (index.get("z", 0) + 1) > MAX_CZ:
+        return None
     metadata = fields.metadata if fields.metadata is not None else {}
-    if type(metadata) is not dict:
+    # the daemon refuses what the model refuses (rule 5): only metadata within its bounds goes fast
+    if type(metadata) is not dict or freeform_problem(metadata) is not None:
         return None
     header = {
         "kind": "frame",
@@ -116,4 +145,6 @@ def fast_frame_header(run: str, fields: FrameFields) -> bytes | None:
         return msgpack.packb(header, use_bin_type=True)
     except (TypeError, ValueError, msgpack.PackException):
         header["metadata"] = jsonable(metadata)
+        if freeform_problem(header["metadata"]) is not None:
+            return None
         return msgpack.packb(header, use_bin_type=True)

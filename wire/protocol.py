@@ -21,7 +21,17 @@ from typing import Annotated, Any, Literal, Union
 
 import msgpack
 import numpy as np
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 PROTOCOL_NAME = b"lowdose"
 PROTOCOL_VERSION = 1
@@ -50,6 +60,9 @@ class ErrorCode(str, Enum):
     STORE_FAILED = "store_failed"  # the daemon could not write: keep the frame, resend later
     UNEXPECTED_KIND = "unexpected_kind"  # a daemon-to-client kind sent to the daemon
     NOT_OWNER = "not_owner"  # this connection did not start the run (wrong or missing owner token / CURVE key)
+    INDEX_OUT_OF_RANGE = "index_out_of_range"  # frame index outside the sizes its run's start declared
+    RUN_FINISHED = "run_finished"  # frame past the run's end: it would never be restored nor summarised
+    INTERNAL = "internal"  # the daemon failed on this message (a bug, logged there); it serves the next one
 
     def __str__(self) -> str:
         return self.value
@@ -60,10 +73,71 @@ class ErrorCode(str, Enum):
 TRANSIENT_ERRORS = frozenset({ErrorCode.STORE_FAILED})
 
 
+# Free-form maps (start.summary, start.sequence, frame.metadata) are the one place a client chooses the
+# shape of what the daemon holds, copies and recurses into (JSON, pydantic's dump): bounded here, once, at
+# the wire, so no layer behind it has to be robust to a 600-deep or million-key map (rule 5).
+MAX_FREEFORM_DEPTH = 32  # nested maps/lists, the top map counting 1
+MAX_FREEFORM_KEYS = 4096  # keys in one map
+MAX_FREEFORM_STRING = 65536  # characters (or bytes) of one key or string value
+MAX_FREEFORM_ELEMENTS = 100_000  # maps, lists and values in one field, all levels together
+MAX_TEXT = 256  # instrument, source, one channel name
+#: Replies echo a client's ``run`` and explain in ``reason``; both are cut to these lengths so every
+#: error stays far below the MAX_HEADER_BYTES the daemon imposes on others.
+MAX_ECHO_RUN = 128
+MAX_REASON = 2000
+
+
+def freeform_problem(value: Any) -> str | None:
+    """Why ``value`` exceeds the free-form bounds, or None. Iterative: a hostile depth costs no stack."""
+    stack = [(value, 1)]
+    elements = 0
+    while stack:
+        v, depth = stack.pop()
+        elements += 1
+        if elements > MAX_FREEFORM_ELEMENTS:
+            return f"more than {MAX_FREEFORM_ELEMENTS} elements in all"
+        if isinstance(v, (dict, list, tuple)):
+            if depth > MAX_FREEFORM_DEPTH:
+                return f"nested deeper than {MAX_FREEFORM_DEPTH} levels"
+            if isinstance(v, dict):
+                if len(v) > MAX_FREEFORM_KEYS:
+                    return f"a map of {len(v)} keys (at most {MAX_FREEFORM_KEYS})"
+                for k, x in v.items():
+                    if isinstance(k, (str, bytes)) and len(k) > MAX_FREEFORM_STRING:
+                        return f"a key of {len(k)} characters (at most {MAX_FREEFORM_STRING})"
+                    stack.append((x, depth + 1))
+            else:
+                if len(v) > MAX_FREEFORM_ELEMENTS:
+                    return f"a list of {len(v)} items (at most {MAX_FREEFORM_ELEMENTS})"
+                stack.extend((x, depth + 1) for x in v)
+        elif isinstance(v, (str, bytes)) and len(v) > MAX_FREEFORM_STRING:
+            return f"a string of {len(v)} characters (at most {MAX_FREEFORM_STRING})"
+    return None
+
+
+def _check_freeform(value: Any) -> Any:
+    problem = freeform_problem(value)
+    if problem is not None:
+        raise ValueError(
+            f"free-form metadata too large: {problem}; send at most {MAX_FREEFORM_DEPTH} levels, "
+            f"{MAX_FREEFORM_KEYS} keys per map, {MAX_FREEFORM_STRING}-character strings, "
+            f"{MAX_FREEFORM_ELEMENTS} elements"
+        )
+    return value
+
+
+def clip_text(value: Any, limit: int) -> Any:
+    """``value`` cut to ``limit`` characters, marked as cut; non-strings pass through."""
+    if isinstance(value, str) and len(value) > limit:
+        return value[: limit - 15] + f"...[{len(value) - limit + 15} cut]"
+    return value
+
+
 class ProtocolError(ValueError):
     """A message that cannot be used. ``code`` is machine-readable, ``reason`` is for people."""
 
     def __init__(self, code: ErrorCode, reason: str, *, run: str | None = None, seq: int | None = None):
+        reason = clip_text(reason, MAX_REASON)  # it quotes what the client sent, which may be huge
         super().__init__(f"{code}: {reason}")
         self.code = code
         self.reason = reason
@@ -97,6 +171,8 @@ def _check_dtype(v: str) -> str:
 
 
 RunId = Annotated[str, AfterValidator(_check_run_id)]
+FreeForm = Annotated[dict[str, Any], BeforeValidator(_check_freeform)]
+Text = Annotated[str, Field(max_length=MAX_TEXT)]
 FrameShape = Annotated[tuple[int, int], AfterValidator(_check_shape)]
 PixelDtype = Annotated[str, AfterValidator(_check_dtype)]
 
@@ -106,6 +182,10 @@ MAX_POSITIONS = 100_000
 MAX_CHANNELS = 256
 MAX_Z = 10_000
 MAX_SEQ = 2**62
+#: Channels x z slices of one position. The daemon's index lays out a position's frames in blocks of
+#: 256 time points x C x Z cells of 12 bytes, so this bounds one block (what one frame may make it
+#: allocate) to 48 MiB; 16384 is 8 channels of 2048 slices, or 16 of 1024.
+MAX_CZ = 16384
 
 
 class FrameIndex(_Message):
@@ -118,25 +198,35 @@ class FrameIndex(_Message):
     c: int = Field(0, ge=0, lt=MAX_CHANNELS)
     z: int = Field(0, ge=0, lt=MAX_Z)
 
+    @model_validator(mode="after")
+    def _cz(self) -> "FrameIndex":
+        if (self.c + 1) * (self.z + 1) > MAX_CZ:
+            raise ValueError(f"(c + 1) x (z + 1) must be at most {MAX_CZ} (channels x slices of one position); "
+                             f"got c={self.c}, z={self.z}")
+        return self
+
+
+_SIZE_LIMITS = {"t": MAX_T, "p": MAX_POSITIONS, "c": MAX_CHANNELS, "z": MAX_Z}
+
 
 class Start(_Message):
     """A run begins (or is announced again after a daemon restart: idempotent)."""
 
     kind: Literal["start"] = "start"
     run: RunId
-    instrument: str = "unknown"
-    source: str = "unknown"  # which hook: "pymmcore-plus", "pycromanager", ...
+    instrument: Text = "unknown"
+    source: Text = "unknown"  # which hook: "pymmcore-plus", "pycromanager", ...
     shape: FrameShape  # (Y, X) of every frame
     dtype: PixelDtype
     sizes: dict[str, int] = Field(default_factory=dict)  # expected t/p/c/z sizes; absent = unknown
     pixel_size_um: float | None = None
     z_step_um: float | None = None
     frame_interval_s: float | None = None
-    channel_names: list[str] = Field(default_factory=list)
+    channel_names: list[Text] = Field(default_factory=list, max_length=MAX_CHANNELS)
     camera_offset: float | None = None  # ADU; None: estimated by the denoiser
     camera_gain: float | None = None  # ADU per e-
-    summary: dict[str, Any] = Field(default_factory=dict)  # free-form summary metadata
-    sequence: dict[str, Any] | None = None  # the useq MDASequence as JSON, when known
+    summary: FreeForm = Field(default_factory=dict)  # free-form summary metadata
+    sequence: FreeForm | None = None  # the useq MDASequence as JSON, when known
     # A secret the hook draws once per run: only connections that present it in a start may send
     # the run's frames and receive its acks. The daemon keeps only owner_digest() of it.
     owner: str | None = Field(None, pattern=OWNER_PATTERN.pattern)
@@ -149,6 +239,13 @@ class Start(_Message):
             raise ValueError(f"sizes keys must be among t, p, c, z; got {sorted(bad)}")
         if any(n < 0 for n in v.values()):
             raise ValueError("sizes must be >= 0")
+        # sizes lay out the store's tables before any frame arrives: bounded like the index they declare
+        for axis, most in _SIZE_LIMITS.items():
+            if v.get(axis, 0) > most:
+                raise ValueError(f"sizes[{axis!r}] must be at most {most}; got {v[axis]}")
+        if max(v.get("c", 1), 1) * max(v.get("z", 1), 1) > MAX_CZ:
+            raise ValueError(f"sizes c x z must be at most {MAX_CZ} (channels x slices of one position); "
+                             f"got {v.get('c')} x {v.get('z')}")
         return v
 
 
@@ -184,7 +281,7 @@ class Frame(_Message):
     timestamp: float = 0.0  # seconds since the epoch, when the hook received the frame
     elapsed_ms: float | None = None  # since acquisition start, from the camera metadata
     exposure_ms: float | None = None
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: FreeForm = Field(default_factory=dict)
 
     @property
     def nbytes(self) -> int:
@@ -196,13 +293,13 @@ class End(_Message):
 
     kind: Literal["end"] = "end"
     run: RunId
-    frames: int = Field(ge=0)
+    frames: int = Field(ge=0, le=MAX_SEQ)
     reason: Literal["finished", "cancelled", "error"] = "finished"
 
 
 class Heartbeat(_Message):
     kind: Literal["heartbeat"] = "heartbeat"
-    run: str | None = None
+    run: str | None = Field(None, max_length=MAX_ECHO_RUN)  # echoed in the reply
     daemon: str | None = None  # instance id of the daemon, in replies
 
 
@@ -230,6 +327,17 @@ class Error(_Message):
     run: str | None = None
     seq: int | None = None
     daemon: str = ""
+
+    @field_validator("reason", mode="before")
+    @classmethod
+    def _short_reason(cls, v: Any) -> Any:
+        return clip_text(v, MAX_REASON)
+
+    @field_validator("run", mode="before")
+    @classmethod
+    def _short_run(cls, v: Any) -> Any:
+        # a run this long was never valid, so a cut one cannot name another client's run
+        return clip_text(v, MAX_ECHO_RUN)
 
 
 class StatusReply(_Message):
@@ -307,9 +415,10 @@ def decode(parts: list[Any]) -> tuple[_Message, memoryview | None]:
     try:
         msg = _MESSAGE.validate_python(obj)
     except ValidationError as exc:
+        errors = exc.errors()
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'][1:]) or e['loc'][0]}: {e['msg']}" for e in exc.errors()
-        )
+            f"{'.'.join(str(p) for p in e['loc'][1:])[:100] or e['loc'][0]}: {e['msg']}" for e in errors[:5]
+        ) + (f"; and {len(errors) - 5} more" if len(errors) > 5 else "")
         raise ProtocolError(ErrorCode.INVALID, f"bad {obj['kind']} header: {problems}", run=run, seq=seq) from None
 
     payload = None

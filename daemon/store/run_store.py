@@ -131,36 +131,13 @@ class RunStore:
         frames = self._frames_log.recover()
         restored = self._restored_log.recover()
         self._ensure_position(0)
-        self._recover(frames, restored)
+        _recover(self, frames, restored)
         self._frames_log.open()
         self._restored_log.open()
         if self.cfg.fsync:
             fsync_dir(self.path / "lowdose")
         for img in list(self._layout.images.values()):
             self._layout.publish(img, force=True)
-
-    def _recover(self, frames: list[dict[str, Any]], restored: list[dict[str, Any]]) -> None:
-        for rec in frames:
-            key: Key = (rec["p"], rec["t"], rec["c"], rec["z"])
-            self._ensure_position(key[0])
-            img = self._layout.images[(key[0], KIND_RAW)]
-            if not os.path.exists(img.chunk_path(key[1], key[2], key[3])):
-                log.warning("frame seq %d has a record but no chunk; it will be resent", rec["seq"])
-                continue
-            self._index.grow(key)
-            self._index.note_raw(key, rec["seq"])
-        for rec in restored:
-            if rec.get("kind") == "model":
-                self._models.append(rec["info"])
-                continue
-            key = (rec["p"], rec["t"], rec["c"], rec["z"])
-            if self._index.seq_at(key) < 0:
-                continue
-            if rec.get("uncertainty"):
-                self._layout.ensure_uncertainty(key[0])
-            self._index.note_restored(key, STATUS_CODES[rec["mode"]], rec["model"], bool(rec.get("uncertainty")))
-        if self._models:
-            self._update_provenance()
 
     def _ensure_position(self, p: int) -> None:
         if self._layout.has(p, KIND_RAW):
@@ -453,6 +430,32 @@ def _last_per_index(frames: list[tuple[Frame, np.ndarray]]) -> list[tuple[Frame,
         return frames
     keep = set(last.values())
     return [item for k, item in enumerate(frames) if k in keep]
+
+
+def _recover(store: RunStore, frames: list[dict[str, Any]], restored: list[dict[str, Any]]) -> None:
+    """Rebuild the index from the records (the durable truth): a record without its chunk is dropped,
+    and that frame is resent by its hook (rule 2)."""
+    for rec in frames:
+        key: Key = (rec["p"], rec["t"], rec["c"], rec["z"])
+        store._ensure_position(key[0])
+        img = store._layout.images[(key[0], KIND_RAW)]
+        if not os.path.exists(img.chunk_path(key[1], key[2], key[3])):
+            log.warning("frame seq %d has a record but no chunk; it will be resent", rec["seq"])
+            continue
+        store._index.grow(key)
+        store._index.note_raw(key, rec["seq"])
+    for rec in restored:
+        if rec.get("kind") == "model":
+            store._models.append(rec["info"])
+            continue
+        key = (rec["p"], rec["t"], rec["c"], rec["z"])
+        if store._index.seq_at(key) < 0:
+            continue
+        if rec.get("uncertainty"):
+            store._layout.ensure_uncertainty(key[0])
+        store._index.note_restored(key, STATUS_CODES[rec["mode"]], rec["model"], bool(rec.get("uncertainty")))
+    if store._models:
+        store._update_provenance()
 
 
 def _check_raw(start: Start, frame: Frame, pixels: np.ndarray, shape: tuple[int, int], dtype: np.dtype) -> None:
