@@ -7,9 +7,9 @@ in the I/O thread, before the frame is queued for writing (rule 5).
 
 from __future__ import annotations
 
-from lowdose.wire.protocol import MAX_CZ, ErrorCode, Frame
+from lowdose.wire.protocol import MAX_CZ, Ack, Error, ErrorCode, Frame
 
-from .runs import RunState
+from .runs import FinishedRun, RunState
 
 
 def frame_refusal(state: RunState, frame: Frame, run_cz: dict[str, tuple[int, int]]) -> tuple[ErrorCode, str] | None:
@@ -41,3 +41,12 @@ def frame_refusal(state: RunState, frame: Frame, run_cz: dict[str, tuple[int, in
             f"comes after its end and is not stored: start a new run for more frames")
     run_cz[frame.run] = cz
     return None
+
+
+def finished_run_reply(state: FinishedRun, seq: int | None, daemon_id: str) -> Ack | Error:
+    """The answer to a message for a finished run: its acks again, or ``run_finished`` for a frame it
+    does not hold (a new frame would be neither restored nor summarised: rule 3)."""
+    if seq is not None and not any(lo <= seq <= hi for lo, hi in state.ranges):
+        return Error(code=ErrorCode.RUN_FINISHED, run=state.run, seq=seq, daemon=daemon_id,
+                     reason=f"run {state.run!r} is finished; seq {seq} is not stored: start a new run for more frames")
+    return Ack(run=state.run, ranges=list(state.ranges), daemon=daemon_id, finished=True)

@@ -47,7 +47,7 @@ from lowdose.wire.protocol import (
     frame_pixels,
     owner_digest,
 )
-from .admission import frame_refusal
+from .admission import finished_run_reply, frame_refusal
 from .resume import reopen_if_idle, resume_unfinished
 from .restore_loop import RestoreLoop
 from .runs import FinishedRun, RunRegistry, RunState
@@ -423,7 +423,10 @@ class Daemon:
                             "send its start (with the run's owner token) first")
             return False
         if isinstance(state, FinishedRun):
-            self._reply(identity, Ack(run=state.run, ranges=list(state.ranges), daemon=self.id, finished=True))
+            reply = finished_run_reply(state, seq, self.id)
+            if isinstance(reply, Error):
+                self.metrics.messages_rejected.labels(reply.code).inc()
+            self._reply(identity, reply)
             return False
         state.last_heard = time.monotonic()
         return self._ensure_open(state, identity)
