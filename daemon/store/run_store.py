@@ -47,8 +47,6 @@ class RunStore:
         self.path = path
         self.start = start
         self.cfg = cfg
-        self.lowdose_version = lowdose_version
-        self.policy = policy
         self.frame_shape: tuple[int, int] = (int(start.shape[0]), int(start.shape[1]))
         self.dtype = np.dtype(start.dtype)
         raw_codec = ChunkCodec(self.dtype, self.frame_shape, cfg.compression, cfg.compression_level)
