@@ -23,9 +23,19 @@ class NormSpec:
     p_low: float = 1.0
     p_high: float = 99.8
     smooth_sigma: float = 1.0
+    # A second input channel with each pixel's expected shot-noise std in unit range: one
+    # network then knows the dose of every frame (1 to 1000 photons) instead of guessing it.
+    noise_map: bool = False
 
-    def to_dict(self) -> dict[str, float]:
-        return {"p_low": self.p_low, "p_high": self.p_high, "smooth_sigma": self.smooth_sigma}
+    @property
+    def channels(self) -> int:
+        return 2 if self.noise_map else 1
+
+    def to_dict(self) -> dict[str, float | bool]:
+        out: dict[str, float | bool] = {"p_low": self.p_low, "p_high": self.p_high, "smooth_sigma": self.smooth_sigma}
+        if self.noise_map:
+            out["noise_map"] = True
+        return out
 
 
 @dataclass(frozen=True)
@@ -83,6 +93,29 @@ def from_unit(x: np.ndarray, s: FrameScale) -> np.ndarray:
     span = (s.gain * (s.hi - s.lo))[:, None, None].astype(np.float32)
     base = (s.offset + s.gain * s.lo)[:, None, None].astype(np.float32)
     return (x * span + base).astype(np.float32)
+
+
+NOISE_MAP_SIGMA = 2.0  # px; smooth enough that the map carries the dose, not the pixel's own noise
+NOISE_MAP_READ_E = 1.0  # e- rms assumed for the read noise (the interface gives offset and gain only)
+
+
+def noise_map(frames: np.ndarray, s: FrameScale) -> np.ndarray:
+    """Expected noise std per pixel in unit range: sqrt(smoothed electrons + read variance) / (hi - lo)."""
+    out = np.empty(frames.shape, np.float32)
+    for i in range(frames.shape[0]):
+        e = (frames[i].astype(np.float32) - np.float32(s.offset[i])) / np.float32(s.gain[i])
+        e = ndimage.gaussian_filter(e, NOISE_MAP_SIGMA)
+        var = np.maximum(e, 0.0) + NOISE_MAP_READ_E**2
+        out[i] = np.sqrt(var) / np.float32(s.hi[i] - s.lo[i])
+    return out
+
+
+def network_input(frames: np.ndarray, s: FrameScale, spec: NormSpec) -> np.ndarray:
+    """ADU (N, Y, X) -> the network's (N, C, Y, X) float32 input: the frame, and its noise map if asked."""
+    x = to_unit(frames, s)[:, None]
+    if not spec.noise_map:
+        return x
+    return np.concatenate([x, noise_map(frames, s)[:, None]], axis=1)
 
 
 def std_from_unit(x: np.ndarray, s: FrameScale) -> np.ndarray:

@@ -78,7 +78,7 @@ class NetworkDenoiser(_LearnedBase):
         self, frames: np.ndarray, *, offset: float | None, gain: float | None
     ) -> tuple[np.ndarray, np.ndarray | None]:
         scale = normalize.fit_scale(frames, self.spec, offset, gain)
-        x = torch.from_numpy(normalize.to_unit(frames, scale))[:, None]
+        x = torch.from_numpy(normalize.network_input(frames, scale, self.spec))
         plan = self.plan(frames.shape[1:], frames.shape[0])
         y = self.engine.tiled(self.net, x, plan=plan, overlap=self.overlap, multiple=self.multiple)
         return normalize.from_unit(y[:, 0].cpu().numpy(), scale), None

@@ -13,6 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from .detectors import expose_random
+from .scenes import random_scene
+
 KINDS = ("filaments", "microtubules", "mitochondria", "puncta", "nuclei", "mixed")
 
 
@@ -246,10 +249,22 @@ class PairGenerator:
         kinds: tuple[str, ...] = ("mixed", "filaments", "mitochondria", "puncta", "nuclei"),
         psf_sigma_px: tuple[float, float] = (1.0, 2.2),
         randomize_camera: bool = True,
+        domain: str = "simple",
     ) -> None:
+        if domain not in ("simple", "randomised"):
+            raise ValueError(f"domain must be 'simple' or 'randomised', got {domain!r}")
         self.rng = np.random.default_rng(seed)
         self.peak_photons = peak_photons
         self.randomize_camera = randomize_camera
+        self.domain = domain
+        self.scene_size = scene_size
+        if domain == "randomised":
+            # Static canvases from lowdose.models.scenes; crops at random positions, rotations and
+            # flips, and one canvas redrawn every few batches, so a long run sees thousands of scenes.
+            self.canvases = [random_scene(self.rng, (scene_size, scene_size)) for _ in range(n_scenes)]
+            self.scenes: list[Specimen] = []
+            return
+        self.canvases = []
         self.scenes = [
             Specimen(
                 (scene_size, scene_size),
@@ -273,8 +288,10 @@ class PairGenerator:
 
     def truth_crop(self, crop: int, rng: np.random.Generator | None = None) -> np.ndarray:
         r = rng or self.rng
-        scene = self.scenes[int(r.integers(len(self.scenes)))]
-        img = scene.truth(float(r.uniform(0, 500)))
+        if self.canvases:
+            img = self.canvases[int(r.integers(len(self.canvases)))]
+        else:
+            img = self.scenes[int(r.integers(len(self.scenes)))].truth(float(r.uniform(0, 500)))
         y = int(r.integers(0, img.shape[0] - crop + 1))
         x = int(r.integers(0, img.shape[1] - crop + 1))
         img = img[y : y + crop, x : x + crop]
@@ -289,14 +306,23 @@ class PairGenerator:
         r = rng or self.rng
         lo, hi = np.log(self.peak_photons[0]), np.log(self.peak_photons[1])
         noisy, clean, off, gain, peaks = [], [], [], [], []
+        if self.canvases and r.random() < 0.3:
+            self.canvases[int(r.integers(len(self.canvases)))] = random_scene(r, (self.scene_size,) * 2)
         for _ in range(batch):
             truth = self.truth_crop(crop, r)
-            cam = self.camera(r)
             peak = float(np.exp(r.uniform(lo, hi)))
-            noisy.append(expose(truth, peak, cam, r).astype(np.float32))
-            clean.append(expected_adu(truth, peak, cam))
-            off.append(cam.offset)
-            gain.append(cam.gain)
+            if self.canvases:
+                shot = expose_random(truth * np.float32(peak), r)
+                noisy.append(shot.noisy)
+                clean.append((shot.offset + shot.gain * peak * truth).astype(np.float32))
+                off.append(shot.offset)
+                gain.append(shot.gain)
+            else:
+                cam = self.camera(r)
+                noisy.append(expose(truth, peak, cam, r).astype(np.float32))
+                clean.append(expected_adu(truth, peak, cam))
+                off.append(cam.offset)
+                gain.append(cam.gain)
             peaks.append(peak)
         f32 = np.float32
         return PairBatch(

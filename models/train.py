@@ -55,6 +55,9 @@ class TrainConfig:
     arch: dict[str, Any] = field(default_factory=dict)  # overrides of DEFAULT_ARCH
     prediction: Literal["eps", "v"] = "eps"  # ddpm only
     ema: float = 0.999
+    sim_domain: Literal["simple", "randomised"] = "simple"  # simulator scenes and detectors
+    sim_photons: tuple[float, float] = (2.0, 200.0)  # peak photons per pixel, log-uniform
+    noise_map: bool = False  # unet: feed a per-pixel noise-level channel (new models: True)
     seed: int = 0
     resume: bool = False  # continue from out_dir/last.pt
     finetune: str | None = None  # shipped model name or checkpoint path to start from
@@ -78,8 +81,10 @@ def _sources(cfg: TrainConfig) -> tuple[Source, Batch]:
     """Training source and a fixed validation batch."""
     val_crop = max(cfg.crop, 128)
     if cfg.simulate:
-        src = SimulatedSource(seed=cfg.seed, n_scenes=cfg.sim_scenes)
-        val = SimulatedSource(seed=cfg.seed + 7777, n_scenes=min(5, cfg.sim_scenes)).sample(cfg.val_size, val_crop, np.random.default_rng(1))
+        kw = dict(peak_photons=tuple(cfg.sim_photons), domain=cfg.sim_domain)
+        src = SimulatedSource(seed=cfg.seed, n_scenes=cfg.sim_scenes, **kw)
+        val_src = SimulatedSource(seed=cfg.seed + 7777, n_scenes=min(5 if cfg.sim_domain == "simple" else 16, cfg.sim_scenes), **kw)
+        val = val_src.sample(cfg.val_size, val_crop, np.random.default_rng(1))
         return src, val
     if cfg.low is None:
         raise ValueError("give training data (low=..., and high=... for paired training) or simulate=True")
@@ -96,8 +101,9 @@ def _sources(cfg: TrainConfig) -> tuple[Source, Batch]:
 
 
 def _normalise(b: Batch, spec: normalize.NormSpec) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Network input (N, C, Y, X) and target (N, 1, Y, X) in unit range."""
     scale = normalize.fit_scale(b.noisy, spec, b.offset, b.gain)
-    x = torch.from_numpy(normalize.to_unit(b.noisy, scale))[:, None]
+    x = torch.from_numpy(normalize.network_input(b.noisy, scale, spec))
     y = None if b.clean is None else torch.from_numpy(normalize.to_unit(b.clean, scale))[:, None]
     return x, y
 
@@ -116,7 +122,16 @@ class _Objective:
     def loss(self, net: nn.Module, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         if self.kind == "unet":
             assert y is not None
-            return torch.mean((net(x) - y) ** 2)
+            err = torch.mean((net(x) - y) ** 2, dim=(1, 2, 3))
+            if x.shape[1] < 2:
+                return err.mean()
+            # Each crop's error relative to its own noise variance: a 1000-photon crop then counts
+            # as much as a 2-photon one (plain MSE lets the noisiest crops dominate, and the
+            # model under-fits the high doses, where it must keep fine texture). log1p keeps a
+            # rare crop the network cannot fit (a hot pixel far above the frame's percentiles)
+            # from swamping a batch: ~linear below the noise level, logarithmic above.
+            ratio = err / x[:, 1].pow(2).mean(dim=(1, 2)).clamp_min(1e-8)
+            return torch.mean(torch.log1p(ratio))
         if self.kind == "n2v":
             masked, mask = blind_spot_mask(x, generator=self.gen)
             return torch.sum(((net(masked) - x) ** 2) * mask) / mask.sum()
@@ -197,7 +212,20 @@ def _init_model(cfg: TrainConfig) -> tuple[nn.Module, dict[str, Any], str | None
             raise CheckpointError(f"cannot fine-tune a {cfg.model!r} model from a {base_ckpt.kind!r} checkpoint")
         return build_from_checkpoint(base_ckpt, path), dict(base_ckpt.arch), f"{path} ({base_ckpt.checksum[:12]})"
     arch = {**DEFAULT_ARCH[cfg.model], **cfg.arch}
+    if cfg.noise_map:
+        arch["in_channels"] = 2
     return build_network(arch), arch, None
+
+
+def _norm_spec(cfg: TrainConfig) -> normalize.NormSpec:
+    """A fine-tuned model keeps its base's normalisation (its noise-map channel included)."""
+    if cfg.finetune:
+        _, path = resolve(cfg.finetune)
+        return normalize.NormSpec(**load_checkpoint(path).normalisation)
+    if cfg.noise_map and cfg.model != "unet":
+        raise ValueError(f"noise_map is for the supervised unet; {cfg.model!r} cannot use it "
+                         "(a blind-spot network would see the masked pixel through the map)")
+    return normalize.NormSpec(noise_map=cfg.noise_map)
 
 
 def _jsonable(cfg: TrainConfig) -> dict[str, Any]:
@@ -279,7 +307,7 @@ def _start_session(cfg: TrainConfig, last: Path) -> _Session:
     ema = copy.deepcopy(net).eval()
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
     run = _Session(net=net, ema=ema, opt=opt, obj=_Objective(cfg.model, cfg.prediction, cfg.seed), source=source,
-                   val=val, spec=normalize.NormSpec(), device=device, amp_dtype=amp_dtype, arch=arch,
+                   val=val, spec=_norm_spec(cfg), device=device, amp_dtype=amp_dtype, arch=arch,
                    finetuned_from=finetuned_from)
     if cfg.resume:
         ck = load_checkpoint(last)
@@ -348,7 +376,12 @@ _DDPM_GPU: dict[str, Any] = dict(
 # Budgets chosen to fit ~10-15 min each on a 2-core CPU; on a GPU, raise
 # steps_per_epoch/epochs (and width) for better models.
 RECIPES: dict[str, dict[str, Any]] = {
-    "unet": dict(model="unet", epochs=12, steps_per_epoch=250, batch=8, crop=96, lr=2e-3),
+    # The shipped unet: one network for 1-1000 photons (noise-map channel, noise-relative loss), trained
+    # on domain-randomised scenes and detectors; ~50 min with 1 thread on the 2-core CPU VM.
+    "unet": dict(model="unet", epochs=30, steps_per_epoch=300, batch=8, crop=96, lr=2e-3, noise_map=True,
+                 sim_domain="randomised", sim_photons=(1.0, 1500.0), sim_scenes=48),
+    # The first shipped unet (simple simulator scenes, one camera model, 2-200 photons).
+    "unet-simple": dict(model="unet", epochs=12, steps_per_epoch=250, batch=8, crop=96, lr=2e-3),
     "n2v": dict(model="n2v", epochs=5, steps_per_epoch=150, batch=8, crop=96, lr=1e-3),
     "ddpm": dict(model="ddpm", epochs=6, steps_per_epoch=150, batch=8, crop=64, lr=1e-3, ema=0.995, prediction="v"),
     # GPU recipes, run in resumable segments (max_minutes / resume). ddpm-gpu is the largest network

@@ -250,7 +250,9 @@ def test_restored_can_be_stored_as_float32(tmp_path):
 
 
 def _uint16_store(tmp_path):
-    d = Daemon(_cfg(tmp_path, policy="fifo"))
+    cfg = _cfg(tmp_path, policy="fifo")
+    cfg.storage.restored_dtype = "input"
+    d = Daemon(cfg)
     d.start()
     try:
         _stream(d, "run-u16", range(4), end_frames=4)

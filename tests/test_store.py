@@ -48,7 +48,8 @@ def frame(seq: int, t: int = 0, c: int = 0, z: int = 0, p: int = 0, run: str = "
 
 
 def cfg(**kw) -> StorageConfig:
-    return StorageConfig(**kw)
+    # these tests write restored frames in the camera's dtype (the default restored dtype is float32)
+    return StorageConfig(**{"restored_dtype": "input", **kw})
 
 
 def published(store: RunStore, name: str = "raw") -> zarr.Array:
