@@ -67,14 +67,19 @@ def _unit(img: np.ndarray) -> np.ndarray:
 
 
 def _crops(img: np.ndarray, size: int, n: int) -> np.ndarray:
-    """``n`` non-overlapping crops along the diagonal (or the whole image when it is small)."""
+    """The ``n`` non-overlapping crops with the most structure (std) on a grid (or the whole image)."""
     h, w = img.shape
     size = min(size, h, w)
-    out = []
-    for i in range(n):
-        y = min(i * size, h - size)
-        x = min(i * size, w - size)
-        out.append(img[y : y + size, x : x + size])
+    cands = [(float(img[y : y + size, x : x + size].std()), y, x)
+             for y in range(0, h - size + 1, max(size // 2, 1)) for x in range(0, w - size + 1, max(size // 2, 1))]
+    out: list[np.ndarray] = []
+    taken: list[tuple[int, int]] = []
+    for _, y, x in sorted(cands, reverse=True):
+        if all(abs(y - ty) >= size or abs(x - tx) >= size for ty, tx in taken):
+            taken.append((y, x))
+            out.append(img[y : y + size, x : x + size])
+        if len(out) == n:
+            break
     return np.stack(out)
 
 
@@ -83,9 +88,8 @@ def nuclei_fixed(size: int) -> RealSet:
 
     path = _package_file("mahotas", "mahotas/demos/data/nuclear.png")
     img = iio.imread(path)[..., 0]
-    # the field's upper left holds the nuclei; crops of it
     return RealSet("nuclei-fixed", "fixed cell nuclei, DNA stain, widefield (8-bit)",
-                   "mahotas 1.4.19: mahotas/demos/data/nuclear.png", _crops(_unit(img)[100:], size, 2), SCMOS)
+                   "mahotas 1.4.19: mahotas/demos/data/nuclear.png", _crops(_unit(img), size, 2), SCMOS)
 
 
 def nuclei_dsb(size: int) -> RealSet:

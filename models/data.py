@@ -107,8 +107,9 @@ class SimulatedSource:
                 "source": "lowdose.models.simulate.PairGenerator (domain-randomised, lowdose.models.scenes)",
                 "seed": self.seed, "peak_photons": list(self.peak_photons), "scenes": self.n_scenes,
                 "structures": "nuclei with chromatin/nucleoli, membranes/epithelia/plant walls, ER mesh, actin, "
-                              "filaments, mitochondria, vesicles/puncta, tissue autofluorescence; PSF sigma 0.6-3 px, "
-                              "haze, uneven background; scene bank refreshed during training",
+                              "filaments, mitochondria, vesicles/puncta, tissue autofluorescence; PSF sigma 0.9-3 px, "
+                              "haze, uneven background; 1 in 4 scenes a classic Specimen; scene bank refreshed "
+                              "during training",
                 "camera": "sCMOS (pixel offset/gain spread), CCD, EMCCD (excess noise), photon counting "
                           "(lowdose.models.detectors); offset U(90,500) ADU, gain logU(0.5,4) ADU/e-",
             }

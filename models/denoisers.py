@@ -1,4 +1,4 @@
-"""Denoiser plug-ins backed by lowdose's learned models (``unet``, ``n2v``, ``ddpm``, ``auto``).
+"""Denoiser plug-ins backed by lowdose's learned models (``unet``, ``n2v``, ``ddpm``, ``dose-aware``, ``auto``).
 
 Registered in the ``lowdose.denoisers`` entry-point group; ``config.yaml``
 selects one with ``restore.denoiser`` and passes ``restore.denoiser_options``
@@ -39,8 +39,27 @@ def ddpm(
     )
 
 
+# Above this many photons per pixel at the brightest (per frame), ``auto`` hands a frame to
+# ``classical``: on real fluorescence images (benchmarks/real_quality.py, benchmarks/RESULTS.md)
+# the UNet's lead over GAT + NLM shrinks with the dose and turns negative at high doses.
+AUTO_THRESHOLD_PEAK_PHOTONS = 60.0
+
+
+def dose_aware(
+    device: str = "auto", weights: str | None = None, threshold_photons: float = AUTO_THRESHOLD_PEAK_PHOTONS,
+    **options: Any,
+) -> Denoiser:
+    """The UNet below ``threshold_photons`` per pixel at the brightest, ``classical`` (GAT + NLM) above."""
+    from lowdose.plugins.denoisers.classical import VstNlmDenoiser
+
+    from .dose_aware import DoseAwareDenoiser
+
+    return DoseAwareDenoiser(_load("unet", device, weights, options), VstNlmDenoiser(), threshold_photons)
+
+
 def resolve_auto(device: str) -> str:
-    """The best shipped model that keeps up live on ``device``; the classical one without models."""
+    """What ``auto`` builds on ``device``: ``dose-aware`` (the fast UNet where it beats the classical
+    denoiser, GAT + NLM where it does not); ``classical`` without models."""
     from lowdose.plugins.denoisers.registry import available_denoisers
 
     try:
@@ -49,6 +68,8 @@ def resolve_auto(device: str) -> str:
         name = default_live_model(device)
     except Exception:  # no torch or no weights: still a working service
         return "classical"
+    if name == "unet" and "dose-aware" in available_denoisers():
+        return "dose-aware"
     return name if name in available_denoisers() else "classical"
 
 

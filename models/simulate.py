@@ -261,7 +261,7 @@ class PairGenerator:
         if domain == "randomised":
             # Static canvases from lowdose.models.scenes; crops at random positions, rotations and
             # flips, and one canvas redrawn every few batches, so a long run sees thousands of scenes.
-            self.canvases = [random_scene(self.rng, (scene_size, scene_size)) for _ in range(n_scenes)]
+            self.canvases = [self._canvas(self.rng) for _ in range(n_scenes)]
             self.scenes: list[Specimen] = []
             return
         self.canvases = []
@@ -275,6 +275,15 @@ class PairGenerator:
             )
             for i in range(n_scenes)
         ]
+
+    def _canvas(self, rng: np.random.Generator) -> np.ndarray:
+        """A randomised scene, or (one in four) a smooth classic specimen: real samples are often smooth."""
+        size = (self.scene_size, self.scene_size)
+        if rng.random() < 0.25:
+            kind = str(rng.choice(["mixed", "filaments", "mitochondria", "puncta", "nuclei"]))
+            sp = Specimen(size, kind=kind, seed=int(rng.integers(2**31)), psf_sigma_px=float(rng.uniform(1.0, 2.5)))
+            return sp.truth(0.0)
+        return random_scene(rng, size)
 
     def camera(self, rng: np.random.Generator | None = None) -> CameraModel:
         if not self.randomize_camera:
@@ -307,7 +316,7 @@ class PairGenerator:
         lo, hi = np.log(self.peak_photons[0]), np.log(self.peak_photons[1])
         noisy, clean, off, gain, peaks = [], [], [], [], []
         if self.canvases and r.random() < 0.3:
-            self.canvases[int(r.integers(len(self.canvases)))] = random_scene(r, (self.scene_size,) * 2)
+            self.canvases[int(r.integers(len(self.canvases)))] = self._canvas(r)
         for _ in range(batch):
             truth = self.truth_crop(crop, r)
             peak = float(np.exp(r.uniform(lo, hi)))

@@ -378,7 +378,7 @@ _DDPM_GPU: dict[str, Any] = dict(
 RECIPES: dict[str, dict[str, Any]] = {
     # The shipped unet: one network for 1-1000 photons (noise-map channel, noise-relative loss), trained
     # on domain-randomised scenes and detectors; ~50 min with 1 thread on the 2-core CPU VM.
-    "unet": dict(model="unet", epochs=30, steps_per_epoch=300, batch=8, crop=96, lr=2e-3, noise_map=True,
+    "unet": dict(model="unet", epochs=36, steps_per_epoch=300, batch=8, crop=96, lr=2e-3, noise_map=True,
                  sim_domain="randomised", sim_photons=(1.0, 1500.0), sim_scenes=48),
     # The first shipped unet (simple simulator scenes, one camera model, 2-200 photons).
     "unet-simple": dict(model="unet", epochs=12, steps_per_epoch=250, batch=8, crop=96, lr=2e-3),
