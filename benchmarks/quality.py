@@ -182,10 +182,12 @@ def speed(methods: dict[str, Method], ddpm_evals: dict[str, int], big: bool, ddp
 
 
 def run(images: int, size: int, sampler_study: bool, big: bool, timings: bool, ddpm: str = "ddpm",
-        device: str = "cpu") -> Report:
+        device: str = "cpu", with_ddpm: bool = True) -> Report:
     torch.set_num_threads(2)
     rep = Report()
     have = set(available())
+    if not with_ddpm:
+        have.discard("ddpm")
     if ddpm != "ddpm":  # a checkpoint path: score it in the shipped DDPM's place
         have.add("ddpm")
     for k, dose in enumerate(DOSES):
@@ -270,6 +272,7 @@ def main() -> None:
     ap.add_argument("--ddpm", default="ddpm", help="DDPM to score: the shipped name or a checkpoint path")
     ap.add_argument("--device", default="cpu", help="device of the learned models' quality runs (timings stay on CPU)")
     ap.add_argument("--json", type=Path, help="write all figures here")
+    ap.add_argument("--no-ddpm", action="store_true", help="skip the DDPM (its rows take most of the time)")
     ap.add_argument("--no-real", action="store_true", help="skip the real fluorescence images (benchmarks/real_data.py)")
     ap.add_argument("--no-sim", action="store_true", help="skip the simulated held-out set")
     ap.add_argument("--real-size", type=int, default=256, help="crop size of the real images")
@@ -289,7 +292,8 @@ def main() -> None:
     if a.no_sim:
         print(real_quality.headline(real_rows, "auto").replace("real_quality:", "quality:", 1))
         return
-    rep = run(a.images, a.size, not a.no_sampler_study, not a.no_2048, not a.no_timings, a.ddpm, a.device)
+    rep = run(a.images, a.size, not a.no_sampler_study, not a.no_2048, not a.no_timings, a.ddpm, a.device,
+              not a.no_ddpm)
     print("\n| dose | method | PSNR dB | SSIM | MS-SSIM | s/frame |\n|---|---|---|---|---|---|")
     for r in rep.rows:
         print(f"| {r.dose:g} | {r.method} | {r.psnr:.2f} | {r.ssim:.3f} | {r.ms_ssim:.3f} | {r.seconds_per_image:.2f} |")

@@ -21,6 +21,8 @@ def train_model(
     low: Optional[Path] = typer.Option(None, help="low-dose frames: TIFF, TIFF folder, Zarr or lowdose .ome.zarr"),
     high: Optional[Path] = typer.Option(None, help="matching high-dose frames (paired training)"),
     simulate: bool = typer.Option(False, help="train on the built-in fluorescence simulator"),
+    sim_domain: str = typer.Option("randomised", help="simulator scenes and detectors: randomised or simple"),
+    noise_map: bool = typer.Option(True, help="unet: give the network a per-pixel noise-level channel"),
     offset: Optional[float] = typer.Option(None, help="camera offset in ADU (default: estimated)"),
     gain: Optional[float] = typer.Option(None, help="camera gain in ADU per electron (default: 1)"),
     epochs: int = typer.Option(10),
@@ -44,11 +46,15 @@ def train_model(
         raise typer.BadParameter(f"model must be unet, n2v or ddpm, not {model!r}")
     if prediction not in ("eps", "v"):
         raise typer.BadParameter("prediction must be eps or v")
+    if sim_domain not in ("randomised", "simple"):
+        raise typer.BadParameter(f"--sim-domain must be randomised or simple, not {sim_domain!r}")
     cfg = TrainConfig(
         model=model, out_dir=out, low=low, high=high, simulate=simulate, offset=offset, gain=gain,  # type: ignore[arg-type]
         epochs=epochs, steps_per_epoch=steps_per_epoch, batch=batch, crop=crop, lr=lr,
         prediction=prediction, finetune=finetune, resume=resume, device=device, threads=threads,  # type: ignore[arg-type]
         seed=seed, amp=amp, max_minutes=max_minutes,  # type: ignore[arg-type]
+        sim_domain=sim_domain, noise_map=noise_map and model == "unet" and not finetune,  # type: ignore[arg-type]
+        sim_photons=(1.0, 1500.0) if sim_domain == "randomised" else (2.0, 200.0),
     )
     best = main_train(cfg)
     typer.echo(f"best checkpoint: {best}  (use it with restore.denoiser_options.weights or lowdose.models.load)")
@@ -56,7 +62,7 @@ def train_model(
 
 @train_app.command("recipe")
 def train_recipe_cmd(
-    name: str = typer.Argument(..., help="unet, n2v, ddpm (the shipped models' recipes), ddpm-gpu or ddpm-paper (GPU)"),
+    name: str = typer.Argument(..., help="unet, n2v, ddpm (the shipped models' recipes), unet-simple (the first unet), ddpm-gpu or ddpm-paper (GPU)"),
     out: Path = typer.Option(..., "--out", "-o"),
     scale: float = typer.Option(1.0, help="multiply the step budget (e.g. 10 on a GPU)"),
     device: str = typer.Option("auto"),
