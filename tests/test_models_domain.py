@@ -122,3 +122,28 @@ def test_noise_map_is_refused_for_blind_spot_models(tmp_path: Path) -> None:
                       steps_per_epoch=1, batch=2, crop=32, arch={"base": 4, "depth": 2}, progress=False, threads=None)
     with pytest.raises(ValueError, match="blind-spot"):
         main_train(cfg)
+
+
+@pytest.mark.parametrize("loss", ["noise-relative", "psnr"])
+def test_noise_aware_losses_train_and_a_stage_stops_at_its_epoch(tmp_path: Path, loss: str) -> None:
+    hist: list[dict] = []
+    cfg = TrainConfig(model="unet", out_dir=tmp_path / loss, simulate=True, sim_domain="randomised", noise_map=True,
+                      loss=loss, sim_scenes=2, epochs=5, stop_epoch=1, steps_per_epoch=4, batch=2, crop=32,
+                      arch={"base": 4, "depth": 2}, val_size=2, progress=False, threads=None)
+    main_train(cfg, on_epoch=lambda e, s: hist.append(s))
+    assert len(hist) == 1 and np.isfinite(hist[0]["train_loss"])
+    assert load_checkpoint(tmp_path / loss / "last.pt").training["config"]["loss"] == loss
+
+
+def test_unknown_loss_is_a_clear_error(tmp_path: Path) -> None:
+    cfg = TrainConfig(model="unet", out_dir=tmp_path, simulate=True, loss="l1", sim_scenes=1, epochs=1,  # type: ignore[arg-type]
+                      steps_per_epoch=1, batch=2, crop=32, arch={"base": 4, "depth": 2}, progress=False, threads=None)
+    with pytest.raises(ValueError, match="loss must be one of"):
+        main_train(cfg)
+
+
+def test_the_shipped_unet_recipe_fine_tunes_its_first_stage() -> None:
+    from lowdose.models.train import RECIPES, STAGES
+
+    assert STAGES["unet"] == "unet-stage1" and RECIPES["unet-stage1"]["noise_map"] is True
+    assert RECIPES["unet"]["loss"] == "psnr" and RECIPES["unet-stage1"]["stop_epoch"] < RECIPES["unet-stage1"]["epochs"]
