@@ -113,7 +113,18 @@ def nuclei_3d(size: int) -> RealSet:
                    "stardist 0.9.2: stardist/data/images/img3d.tif", truth, EMCCD_LIKE)
 
 
-LOADERS = {"nuclei-fixed": nuclei_fixed, "nuclei-dsb": nuclei_dsb, "nuclei-3d": nuclei_3d}
+def tissue_ihc(size: int) -> RealSet:
+    """Dense tissue texture: a stain-density image (not fluorescence; the nearest dense real texture shipped)."""
+    import imageio.v3 as iio
+    from skimage.color import rgb2hed
+
+    path = _package_file("scikit-image", "skimage/data/ihc.png")
+    hema = rgb2hed(iio.imread(path)[..., :3])[..., 0]  # haematoxylin optical density: nuclei and tissue, densely packed
+    return RealSet("tissue-ihc", "tissue section, haematoxylin density as a dense-texture proxy (brightfield IHC)",
+                   "scikit-image: skimage/data/ihc.png", _crops(_unit(hema), size, 2), PHOTON_COUNTING)
+
+
+LOADERS = {"nuclei-fixed": nuclei_fixed, "nuclei-dsb": nuclei_dsb, "nuclei-3d": nuclei_3d, "tissue-ihc": tissue_ihc}
 
 
 def real_sets(size: int = 256, names: tuple[str, ...] | None = None) -> tuple[list[RealSet], list[str]]:
