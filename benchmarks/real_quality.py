@@ -139,7 +139,8 @@ def margins(rows: list[RealRow], model: str, against: tuple[str, ...] = CLASSICA
     by: dict[tuple[str, float], dict[str, float]] = {}
     for r in rows:
         by.setdefault((r.dataset, r.dose), {})[r.method] = r.psnr
-    return {k: v[model] - max(v[c] for c in against if c in v) for k, v in by.items() if model in v}
+    return {k: v[model] - max(v[c] for c in against if c in v) for k, v in by.items()
+            if model in v and any(c in v for c in against)}
 
 
 def table(rows: list[RealRow]) -> str:

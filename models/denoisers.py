@@ -42,7 +42,7 @@ def ddpm(
 # Above this many photons per pixel at the brightest (per frame), ``auto`` hands a frame to
 # ``classical``: on real fluorescence images (benchmarks/real_quality.py, benchmarks/RESULTS.md)
 # the UNet's lead over GAT + NLM shrinks with the dose and turns negative at high doses.
-AUTO_THRESHOLD_PEAK_PHOTONS = 60.0
+AUTO_THRESHOLD_PEAK_PHOTONS = 30.0
 
 
 def dose_aware(
