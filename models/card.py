@@ -10,7 +10,7 @@ from .checkpoint import load_checkpoint
 from .unet import build_network, count_parameters
 
 DESCRIPTIONS = {
-    "unet": "Compact CARE-style UNet trained on (low-dose, noise-free) pairs; one forward pass per frame: the live model.",
+    "unet": "Compact CARE-style UNet trained on (low-dose, noise-free) pairs; one forward pass per frame: the live model. With `noise_map` in its normalisation it also reads each pixel's expected noise level (a second input channel).",
     "n2v": "Noise2Void with the N2V2 fixes (blur-pool, no full-resolution skip, neighbour-median masking), trained on noisy frames only.",
     "ddpm": "Conditional DDPM (Osuna-Vargas et al., WACV 2025, scaled down): noisy target and low-dose frame stacked as channels, continuous noise-level conditioning, cosine schedule, T = 200; DDIM or ancestral sampling; K samples averaged, their std as uncertainty.",
 }
