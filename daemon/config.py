@@ -18,6 +18,7 @@ from pydantic import Field, ValidationError, field_validator
 
 from lowdose.wire.hook_config import ConfigSection, HookConfig, check_endpoint
 
+from .dashboard.config import DashboardConfig
 from .store.config import StorageConfig
 
 
@@ -76,6 +77,7 @@ class LowdoseConfig(ConfigSection):
     storage: StorageConfig = StorageConfig()
     restore: RestoreConfig = RestoreConfig()
     metrics: MetricsConfig = MetricsConfig()
+    dashboard: DashboardConfig = DashboardConfig()
     hook: HookConfig = HookConfig()
 
 
@@ -101,7 +103,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{where} must be a YAML mapping of sections (server, storage, restore, metrics, hook)")
+        raise ConfigError(f"{where} must be a YAML mapping of sections (server, storage, restore, metrics, dashboard, hook)")
     for dotted, value in (overrides or {}).items():
         node = data
         *parents, leaf = dotted.split(".")
@@ -124,6 +126,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
 __all__ = [
     "ConfigError",
     "CurveConfig",
+    "DashboardConfig",
     "HookConfig",
     "LowdoseConfig",
     "MetricsConfig",

@@ -23,6 +23,7 @@ import zmq
 from lowdose.plugins.denoisers.interface import Denoiser
 
 from .config import RestoreConfig, ServerConfig
+from .dashboard.mailbox import PreviewMailbox
 from .metrics import DaemonMetrics
 from lowdose.wire.protocol import Preview, encode
 from .phase import RunPhase
@@ -48,6 +49,7 @@ class RestoreLoop(LoopThread):
         restore_cfg: RestoreConfig,
         server_cfg: ServerConfig,
         idle_close_s: float = 300.0,
+        previews: PreviewMailbox | None = None,
     ):
         super().__init__(name="lowdose-restore", role="restore loop")
         self.ctx = ctx
@@ -58,6 +60,7 @@ class RestoreLoop(LoopThread):
         self.cfg = restore_cfg
         self.server_cfg = server_cfg
         self.idle_close_s = idle_close_s
+        self.previews = previews
         self.stopping = threading.Event()
         self.ready = threading.Event()
         self.denoiser: Denoiser | None = None
@@ -198,6 +201,10 @@ class RestoreLoop(LoopThread):
         state.counters.frames_skipped = self.scheduler.skipped(state.run)
         state.counters.restore_queue = self.scheduler.pending(state.run)
         self.metrics.restore_queue.set(self.scheduler.pending())
+        if self.previews is not None:  # the newest of the batch, by reference: the dashboard renders it
+            last = batch.items[-1]
+            unc = None if result.uncertainty is None else result.uncertainty[-1]
+            self.previews.offer_restored(state.run, last.index, last.pixels, result.frames[-1], unc, batch.mode)
         if pub is not None:
             self._publish(pub, state, batch, result.frames)
 
