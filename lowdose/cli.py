@@ -89,8 +89,14 @@ def serve(
     from lowdose.daemon.supervisor import EX_SOFTWARE
 
     _setup_logging(verbose)
+
+    def announce(daemon) -> None:
+        if daemon.dashboard is not None:
+            hint = "  (with ?token= and dashboard.token)" if cfg.dashboard.token else ""
+            out().print(escape(f"dashboard: {daemon.dashboard.url}{hint}"), soft_wrap=True)
+
     try:
-        run_daemon(cfg)
+        run_daemon(cfg, ready=announce)
     except DaemonError as exc:
         # 1, not the user-error 2: a taken endpoint or a busy GPU may clear, so a service manager retries
         print_error(str(exc))
@@ -140,6 +146,8 @@ def demo(
     interval_ms: float = typer.Option(0.0, help="time between frames (0: as fast as the camera)"),
     exposure_ms: float = typer.Option(10.0, help="simulated exposure"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing store"),
+    dashboard_port: int = typer.Option(5573, min=0, max=65535, help="the daemon's web dashboard port (0: none)"),
+    hold: float = typer.Option(0.0, min=0, help="seconds to keep the daemon and its dashboard up after the run"),
 ) -> None:
     """Simulated low-light time-lapse on a real MMCore, denoised live into OME-Zarr, with a summary and a picture."""
     from lowdose.demo import DemoOptions, run_demo
@@ -148,7 +156,8 @@ def demo(
         raise UserError(f"--policy must be fifo or latest, not {policy!r}")
     opts = DemoOptions(
         frames=frames, output=output, size=size, peak_photons=photons, denoiser=denoiser, policy=policy,
-        interval_ms=interval_ms, exposure_ms=exposure_ms, overwrite=overwrite,
+        interval_ms=interval_ms, exposure_ms=exposure_ms, overwrite=overwrite, dashboard_port=dashboard_port,
+        hold_s=hold,
     )
     run_demo(opts, console=out())
 
