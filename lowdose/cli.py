@@ -116,6 +116,9 @@ def status(
     watch: bool = typer.Option(False, "--watch", "-w", help="keep the view live until Ctrl-C"),
     interval: float = typer.Option(1.0, min=0.05, help="seconds between refreshes with --watch"),
     count: Optional[int] = typer.Option(None, min=1, hidden=True, help="stop --watch after this many refreshes"),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="draw a run's raw | restored frame beside its "
+                                        "throughput and lag over time into this PNG"),
+    run: Optional[str] = typer.Option(None, "--run", help="the run --plot draws (default: the newest)"),
 ) -> None:
     """Ask a running daemon for its runs: frames received/written/restored (live + backfill), queues, lag, fps."""
     from lowdose import status_view
@@ -129,10 +132,31 @@ def status(
         status_view.watch(con, target, timeout=timeout, interval=interval, count=count)
         return
     st = query_status(target, timeout=timeout)
+    if plot is not None:
+        _plot_status(st, plot, run)
+        return
     if as_json:
         con.print_json(json.dumps(st))
         return
     status_view.print_once(con, st, target)
+
+
+def _plot_status(st: dict, plot: Path, run: Optional[str]) -> None:
+    from lowdose.run_plot import plot_run
+
+    if plot.suffix.lower() != ".png":
+        raise UserError(f"--plot writes a PNG: give a name ending in .png, not {plot.name!r}")
+    runs = st.get("runs", [])
+    if not runs:
+        raise UserError("the daemon has no run to plot yet; start an acquisition first")
+    chosen = runs[-1] if run is None else next((r for r in runs if r["run"] == run), None)
+    if chosen is None:
+        raise UserError(f"the daemon has no run {run!r}; it has {', '.join(r['run'] for r in runs)}")
+    try:
+        t = plot_run(Path(chosen["store"]), plot)
+    except (LookupError, OSError) as exc:
+        raise UserError(f"cannot plot run {chosen['run']!r}: {exc}") from None
+    out().print(escape(f"{plot}: run {chosen['run']}, raw | restored at t={t}, throughput and lag over time"))
 
 
 @app.command()

@@ -342,6 +342,9 @@ def _score(store_path: Path, acquired: _Acquired, camera, opts: DemoOptions, den
         [raw[t_show, 0, 0], restored[t_show, 0, 0], camera.expected_adu_for(sim_frames[t_show])],
         ["raw (low dose)", f"restored ({denoiser})", "truth (noise-free)"],
     )
+    from lowdose.run_plot import add_timeline
+
+    add_timeline(picture, store_path)  # the run's throughput and lag beside the frames
     return DemoResult(
         store=store_path,
         picture=picture,
