@@ -187,6 +187,25 @@ def demo(
 
 
 @app.command()
+def view(
+    store: Path = typer.Argument(..., help="a run store, <run>.ome.zarr"),
+) -> None:
+    """Open a run store in napari: raw, restored and uncertainty as layers (needs lowdose[napari])."""
+    from lowdose.napari.reader import is_lowdose_store
+
+    if not is_lowdose_store(store):
+        raise UserError(f"{store} is not a lowdose run store; give the path of a <run>.ome.zarr")
+    try:
+        import napari
+    except ImportError:
+        raise UserError('napari is not installed: pip install "lowdose[napari]"') from None
+    viewer = napari.Viewer(title=f"lowdose: {store.name}")
+    viewer.open(str(store), plugin="lowdose")
+    viewer.window.add_plugin_dock_widget("lowdose", "lowdose live")
+    napari.run()
+
+
+@app.command()
 def acquire(
     sequence: Path = typer.Argument(..., help="useq-schema MDA sequence (.yaml or .json)"),
     mm_config: Optional[Path] = typer.Option(
