@@ -378,7 +378,7 @@ def _print_summary(console: Console, r: DemoResult, run_status: dict, report) ->
         rows.append(("daemon log", str(r.daemon_log)))
     console.print(summary_table("lowdose demo: summary", rows))
     store = escape(str(r.store))
-    console.print(f"open it: [cyan]napari --plugin napari-ome-zarr {store}/raw {store}/restored[/cyan]  "
+    console.print(f"open it: [cyan]lowdose view {store}[/cyan] (napari, lowdose[napari])  "
                   f"or  [cyan]zarr.open_group('{store}')['restored/0'][:][/cyan]")
 
 

@@ -114,7 +114,7 @@ def timeline_charts(tl: Timeline, width: int, height: int) -> Image.Image:
                                                    (x_res, r_res, GREEN, "line", "restored")], span, "s")
     order = np.argsort(tl.restored_s)
     when, lag, live = tl.restored_s[order], tl.lag_s[order], tl.live[order]
-    bottom = chart((width, height - height // 2), "lag s (raw -> restored on disk)",
+    bottom = chart((width, height - height // 2), "lag s (raw -> restored)",
                    [(when[live], lag[live], ORANGE, "dots", "live"),
                     (when[~live], lag[~live], GREY, "dots", "backfill")], span, "s")
     out = Image.new("RGB", (width, height), (255, 255, 255))
@@ -153,7 +153,7 @@ def tiles(images: Sequence[np.ndarray], labels: Sequence[str], ref: int = -1, ga
 def add_timeline(picture_path: Path, store: Path) -> None:
     """Put the run's throughput and lag charts to the right of an existing picture (the demo's)."""
     picture = Image.open(picture_path).convert("RGB")
-    charts = timeline_charts(read_timeline(store), max(360, picture.height), max(240, picture.height))
+    charts = timeline_charts(read_timeline(store), max(460, picture.height), max(240, picture.height))
     beside(picture, charts).save(picture_path)
 
 
@@ -176,7 +176,7 @@ def plot_run(store: Path, out: Path, t: int | None = None) -> int:
         frames.append(np.asarray(images["restored"][t, 0, 0]))
         labels.append(f"restored t={t}")
     picture = tiles(frames, labels)
-    charts = timeline_charts(tl, max(420, picture.height), max(260, picture.height))
+    charts = timeline_charts(tl, max(460, picture.height), max(260, picture.height))
     beside(picture, charts).save(out)
     return t
 

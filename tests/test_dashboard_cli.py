@@ -103,7 +103,7 @@ def test_status_plot_draws_a_run_beside_its_throughput_and_lag(tmp_path):
         assert r.exit_code == 0, r.output
         assert "run plotted" in r.stdout and "t=11" in r.stdout
         img = Image.open(out)
-        assert img.width >= 2 * 64 + 420 and img.height >= 260
+        assert img.width >= 2 * 64 + 460 and img.height >= 260
         store = tmp_path / "data" / "plotted.ome.zarr"
         tl = read_timeline(store)
         assert len(tl.raw_s) == 12 and len(tl.lag_s) == 12 and (tl.lag_s >= 0).all() and tl.live.all()
