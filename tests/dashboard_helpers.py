@@ -8,11 +8,13 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import useq
 
 from lowdose.daemon.config import load_config
 from lowdose.daemon.server import Daemon
 from lowdose.plugins.acquisition.pymmcore_plus_hook import PymmcorePlusHook
+from lowdose.plugins.denoisers.interface import DenoiserInfo, Restoration, check_frames
 
 
 def free_port() -> int:
@@ -74,3 +76,18 @@ def split_preview(message: bytes) -> tuple[dict, bytes]:
     """A binary WebSocket preview: (header, PNG bytes)."""
     n = int.from_bytes(message[:4], "big")
     return json.loads(message[4:4 + n]), message[4 + n:]
+
+
+class SpreadDenoiser:
+    """A real (if simple) denoiser with an uncertainty: a 3x3 box mean, and the frame's deviation from it."""
+
+    info = DenoiserInfo(name="spread", version="1", parameters={}, preferred_batch=4, device="cpu",
+                        has_uncertainty=True)
+
+    def restore(self, frames, *, offset=None, gain=None) -> Restoration:
+        frames = check_frames(frames)
+        f = frames.astype(np.float32)
+        pad = np.pad(f, ((0, 0), (1, 1), (1, 1)), mode="edge")
+        mean = sum(pad[:, 1 + dy:pad.shape[1] - 1 + dy, 1 + dx:pad.shape[2] - 1 + dx]
+                   for dy in (-1, 0, 1) for dx in (-1, 0, 1)) / 9
+        return Restoration(frames=np.rint(mean).astype(frames.dtype), uncertainty=np.abs(f - mean))

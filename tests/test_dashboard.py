@@ -20,7 +20,7 @@ import aiohttp
 import numpy as np
 import pytest
 import requests
-from dashboard_helpers import acquire, dashboard_config, free_port, split_preview, start_daemon, wait_for
+from dashboard_helpers import SpreadDenoiser, acquire, dashboard_config, free_port, split_preview, start_daemon, wait_for
 from PIL import Image
 
 from lowdose.daemon.config import ConfigError, load_config
@@ -256,3 +256,28 @@ def test_a_stalled_browser_does_not_slow_writing_or_restoration(tmp_path):
     assert sum(1 for h, png in got if png is not None and h["kind"] == "restored") >= 2
     # ... and the daemon wrote and restored as fast as without them (generously: timing on a shared machine)
     assert with_stall < 2.0 * baseline + 2.0, (baseline, with_stall)
+
+
+def test_the_uncertainty_is_shown_when_the_model_gives_one(tmp_path):
+    cfg = dashboard_config(tmp_path, free_port(), **{"restore.policy": "fifo"})
+    d = Daemon(cfg, denoiser_factory=SpreadDenoiser)
+    d.start()
+    try:
+        c = WireClient(cfg.server.endpoints[0])
+        c.send(p.Start(run="unc", shape=(32, 40), dtype="uint16", instrument="t", sizes={"t": 0}))
+        for seq in range(4):
+            c.send_frame("unc", seq, np.random.default_rng(seq).poisson(9, (32, 40)).astype(np.uint16), t=seq)
+        c.send(p.End(run="unc", frames=4))
+        c.recv_until(lambda m: isinstance(m, p.Ack) and m.finished)
+        c.close()
+        assert d.wait_idle(30)
+        d.dashboard.sample()
+        base = d.dashboard.url
+        assert _run(base, "unc")["previews"]["uncertainty"] is not None
+        live = requests.get(base + "api/runs/unc/preview/uncertainty.png", timeout=5)
+        disk = requests.get(base + "api/runs/unc/frames/3/uncertainty.png", timeout=5)
+        assert live.status_code == disk.status_code == 200
+        assert json.loads(live.headers["X-Lowdose-Frame"])["lo"] == 0.0  # its own window, from zero
+        assert _png(live.content).shape == (32, 40) and _png(live.content).max() > 0
+    finally:
+        d.stop()

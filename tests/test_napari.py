@@ -12,27 +12,11 @@ os.environ["QT_QPA_PLATFORM"] = "xcb"  # offscreen has no OpenGL here; pytest-xv
 import numpy as np
 import pytest
 import zarr
-from dashboard_helpers import dashboard_config, free_port, wait_for
+from dashboard_helpers import SpreadDenoiser, dashboard_config, free_port, wait_for
 
 from lowdose.daemon.server import Daemon
-from lowdose.plugins.denoisers.interface import DenoiserInfo, Restoration, check_frames
 from lowdose.wire import protocol as p
 from wire_client import WireClient
-
-
-class SpreadDenoiser:
-    """A real (if simple) denoiser with an uncertainty: a 3x3 box mean, and the frame's deviation from it."""
-
-    info = DenoiserInfo(name="spread", version="1", parameters={}, preferred_batch=4, device="cpu",
-                        has_uncertainty=True)
-
-    def restore(self, frames, *, offset=None, gain=None) -> Restoration:
-        frames = check_frames(frames)
-        f = frames.astype(np.float32)
-        pad = np.pad(f, ((0, 0), (1, 1), (1, 1)), mode="edge")
-        mean = sum(pad[:, 1 + dy:pad.shape[1] - 1 + dy, 1 + dx:pad.shape[2] - 1 + dx]
-                   for dy in (-1, 0, 1) for dx in (-1, 0, 1)) / 9
-        return Restoration(frames=np.rint(mean).astype(frames.dtype), uncertainty=np.abs(f - mean))
 
 
 @pytest.fixture
