@@ -106,7 +106,7 @@ def test_status_plot_draws_a_run_beside_its_throughput_and_lag(tmp_path):
         assert img.width >= 2 * 64 + 460 and img.height >= 260
         store = tmp_path / "data" / "plotted.ome.zarr"
         tl = read_timeline(store)
-        assert len(tl.raw_s) == 12 and len(tl.lag_s) == 12 and (tl.lag_s >= 0).all() and tl.live.all()
+        assert len(tl.raw_s) == 12 and len(tl.lag_s) == 12 and (tl.lag_s >= 0).all() and tl.live.any()
         assert tl.raw_s[-1] > 0.1  # the frames were spread over time
         for args, says in ((["--plot", str(tmp_path / "x.jpg")], ".png"),
                            (["--plot", str(out), "--run", "nope"], "no run 'nope'")):
