@@ -135,6 +135,6 @@ def test_lowdose_view_opens_the_store_with_the_live_widget(tmp_path, monkeypatch
     viewer = napari.current_viewer()
     try:
         assert [layer.name for layer in viewer.layers] == ["viewed raw", "viewed restored", "viewed uncertainty"]
-        assert any("lowdose live" in name for name in viewer.window._dock_widgets)
+        assert any("lowdose live" in name for name in viewer.window.dock_widgets)
     finally:
         viewer.close()
