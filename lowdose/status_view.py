@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -51,6 +52,37 @@ def store_lines(runs: list[dict]) -> list[Text]:
     return [Text(f"store of {r['run']}: {r['store']}") for r in runs]
 
 
+def spool_lines(spools: list, spool_dir: Path) -> list[Text]:
+    """One line per run spool with frames in it: how many, why, and the command that sends them."""
+    lines = []
+    for s in spools:
+        age = "" if s.newest_age_s is None else f", newest {_age(s.newest_age_s)} old"
+        lines.append(Text(
+            f"spool of {s.run}: {s.pending} frames waiting ({s.bytes / 2**20:.1f} MiB{age}) in {s.dir}: "
+            f"{s.why()}. Send them with `lowdose replay {spool_dir}`.",
+            style="yellow",
+        ))
+    return lines
+
+
+def spool_json(s) -> dict:
+    return {"run": s.run, "dir": str(s.dir), "pending": s.pending, "rejected": s.rejected, "bytes": s.bytes,
+            "newest_age_s": s.newest_age_s, "ended": s.ended, "why": s.why()}
+
+
+def print_spools(console: Console, spools: list, spool_dir: Path) -> None:
+    for line in spool_lines(spools, spool_dir):
+        console.print(line, soft_wrap=True)
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def view(st: dict, endpoint: str) -> Group:
     runs = st["runs"]
     if not runs:
@@ -69,9 +101,11 @@ def print_once(console: Console, st: dict, endpoint: str) -> None:
         console.print(line, soft_wrap=True)  # soft: the terminal wraps it, the path stays one copyable line
 
 
-def watch(console: Console, endpoint: str, *, timeout: float, interval: float, count: int | None) -> None:
+def watch(console: Console, endpoint: str, *, timeout: float, interval: float, count: int | None,
+          spool_dir: Path | None = None) -> None:
     """Refresh every ``interval`` s until Ctrl-C (or ``count`` refreshes); an absent daemon is shown, not fatal."""
     from lowdose.daemon.client import DaemonUnreachable, query_status
+    from lowdose.plugins.acquisition.spool import summarize
 
     done = 0
     try:
@@ -81,6 +115,8 @@ def watch(console: Console, endpoint: str, *, timeout: float, interval: float, c
                     body = view(query_status(endpoint, timeout=timeout), endpoint)
                 except DaemonUnreachable as exc:
                     body = Group(Text(f"{exc} (still trying)", style="yellow"))
+                if spool_dir is not None:
+                    body = Group(body, *spool_lines(summarize(spool_dir), spool_dir))
                 footer = Text(f"{time.strftime('%H:%M:%S')}: refreshed every {interval:g} s; Ctrl-C to stop",
                               style="dim")
                 live.update(Group(body, footer), refresh=True)
