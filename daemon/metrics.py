@@ -6,6 +6,7 @@ daemons can live in one test process.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import deque
@@ -113,6 +114,30 @@ class LagTracker:
         return float(np.percentile(arr, 50)), float(np.percentile(arr, 95))
 
 
+# A status reply must stay within the header limit the daemon imposes on others (1 MiB) whatever
+# the number of runs: half of it for runs leaves room for the rest and for JSON's overhead.
+STATUS_RUNS_BUDGET = 512 * 1024
+
+
+def fit_runs(runs: list[dict], budget_bytes: int) -> tuple[list[dict], int]:
+    """The runs that fit in ``budget_bytes`` of JSON, in their order, and how many were left out.
+
+    Unfinished runs go in first (someone is acquiring them), then finished ones newest first: on a
+    daemon with thousands of runs, the oldest finished records are the ones not shown."""
+    order = sorted(range(len(runs)), key=lambda i: (runs[i]["state"] == "finished", -i))
+    kept, used = set(), 0
+    for i in order:
+        size = len(json.dumps(runs[i])) + 2
+        if used + size > budget_bytes:
+            break
+        kept.add(i)
+        used += size
+    return [r for i, r in enumerate(runs) if i in kept], len(runs) - len(kept)
+
+
+RESTORE_MODES = ("live", "backfill")  # the ``mode`` label of lowdose_frames_restored (a scheduler Batch's mode)
+
+
 class DaemonMetrics:
     """Prometheus instruments of one daemon."""
 
@@ -142,5 +167,21 @@ class DaemonMetrics:
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
         )
 
+    def forget_run(self, run: str) -> None:
+        """Drop a run's label sets: one per run ever served would grow a months-long daemon's memory
+        and every scrape. Called when the run's record leaves the registry, so the numbers stay
+        scrapable as long as `lowdose status` still shows the run."""
+        for counter in (self.frames_received, self.frames_written, self.frames_skipped, self.frames_failed):
+            _remove(counter, run)
+        for mode in RESTORE_MODES:
+            _remove(self.frames_restored, run, mode)
+
     def serve_http(self, port: int, address: str) -> None:
         start_http_server(port, addr=address, registry=self.registry)
+
+
+def _remove(metric, *labels: str) -> None:
+    try:
+        metric.remove(*labels)
+    except KeyError:  # never counted for this run: nothing to drop
+        pass

@@ -137,7 +137,8 @@ class RestoreLoop(LoopThread):
             state.store.close()
             record = FinishedRun.of(state, frames_skipped=self.scheduler.skipped(state.run))
         self.scheduler.remove_run(state.run)
-        self.runs.retire(record)
+        for forgotten in self.runs.retire(record):
+            self.metrics.forget_run(forgotten)
         self._failures.pop(state.run, None)
         self.metrics.active_runs.set(len(self.runs.active()))
         log.info("run %s finished: %s", state.run, state.store.path)

@@ -30,7 +30,7 @@ from lowdose.plugins.denoisers.interface import Denoiser
 from lowdose.plugins.denoisers.registry import create_denoiser, resolve_device
 
 from .config import LowdoseConfig
-from .metrics import DaemonMetrics, RunCounters
+from .metrics import STATUS_RUNS_BUDGET, DaemonMetrics, RunCounters, fit_runs
 from lowdose.wire.protocol import (
     Ack,
     End,
@@ -447,11 +447,11 @@ class Daemon:
     # -- status -----------------------------------------------------------------------
 
     def status(self) -> dict:
-        runs = [
+        runs, omitted = fit_runs([
             state.snapshot(restore_queue=self.scheduler.pending(state.run),
                            frames_skipped=self.scheduler.skipped(state.run)).as_dict()
             for state in self.runs.all()
-        ]
+        ], STATUS_RUNS_BUDGET)
         info = self.restore_loop.denoiser.info if self.restore_loop and self.restore_loop.denoiser else None
         return {
             "daemon": self.id,
@@ -463,6 +463,7 @@ class Daemon:
             "write_queue": self._inbox.qsize(),
             "restore_queue": self.scheduler.pending(),
             "runs": runs,
+            "runs_omitted": omitted,
         }
 
 

@@ -47,9 +47,13 @@ def no_runs(endpoint: str) -> Text:
     return Text(f"no runs yet: the daemon is waiting for a microscope to connect to {endpoint}", style="dim")
 
 
-def store_lines(runs: list[dict]) -> list[Text]:
+def store_lines(runs: list[dict], omitted: int = 0) -> list[Text]:
     """Store paths under the table, whole: a table column would cut them to fit the terminal."""
-    return [Text(f"store of {r['run']}: {r['store']}") for r in runs]
+    lines = [Text(f"store of {r['run']}: {r['store']}") for r in runs]
+    if omitted:
+        lines.append(Text(f"{omitted} older finished runs not shown (the reply keeps within its size limit); "
+                          "their stores are in the daemon's storage.output_dir", style="dim"))
+    return lines
 
 
 def spool_lines(spools: list, spool_dir: Path) -> list[Text]:
@@ -87,7 +91,7 @@ def view(st: dict, endpoint: str) -> Group:
     runs = st["runs"]
     if not runs:
         return Group(header(st), no_runs(endpoint))
-    return Group(header(st), runs_table(runs), *store_lines(runs))
+    return Group(header(st), runs_table(runs), *store_lines(runs, st.get("runs_omitted", 0)))
 
 
 def print_once(console: Console, st: dict, endpoint: str) -> None:
@@ -97,7 +101,7 @@ def print_once(console: Console, st: dict, endpoint: str) -> None:
         console.print(no_runs(endpoint), soft_wrap=True)
         return
     console.print(runs_table(runs))
-    for line in store_lines(runs):
+    for line in store_lines(runs, st.get("runs_omitted", 0)):
         console.print(line, soft_wrap=True)  # soft: the terminal wraps it, the path stays one copyable line
 
 
