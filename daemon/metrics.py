@@ -6,7 +6,6 @@ daemons can live in one test process.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections import deque
@@ -112,27 +111,6 @@ class LagTracker:
                 return None, None
             arr = np.fromiter(self._lags, dtype=float)
         return float(np.percentile(arr, 50)), float(np.percentile(arr, 95))
-
-
-# A status reply must stay within the header limit the daemon imposes on others (1 MiB) whatever
-# the number of runs: half of it for runs leaves room for the rest and for JSON's overhead.
-STATUS_RUNS_BUDGET = 512 * 1024
-
-
-def fit_runs(runs: list[dict], budget_bytes: int) -> tuple[list[dict], int]:
-    """The runs that fit in ``budget_bytes`` of JSON, in their order, and how many were left out.
-
-    Unfinished runs go in first (someone is acquiring them), then finished ones newest first: on a
-    daemon with thousands of runs, the oldest finished records are the ones not shown."""
-    order = sorted(range(len(runs)), key=lambda i: (runs[i]["state"] == "finished", -i))
-    kept, used = set(), 0
-    for i in order:
-        size = len(json.dumps(runs[i])) + 2
-        if used + size > budget_bytes:
-            break
-        kept.add(i)
-        used += size
-    return [r for i, r in enumerate(runs) if i in kept], len(runs) - len(kept)
 
 
 RESTORE_MODES = ("live", "backfill")  # the ``mode`` label of lowdose_frames_restored (a scheduler Batch's mode)

@@ -568,7 +568,7 @@ def test_a_hook_ending_a_run_the_restarted_daemon_holds_complete_is_confirmed(tm
 
 
 def test_status_reply_keeps_within_its_budget_unfinished_runs_first():
-    from lowdose.daemon.metrics import fit_runs
+    from lowdose.daemon.status import fit_runs
 
     runs = [{"run": f"r{i}", "state": "finished" if i % 10 else "receiving", "store": "x" * 900}
             for i in range(1000)]
