@@ -26,9 +26,10 @@ from lowdose.wire.jsonsafe import jsonable
 from lowdose.wire.protocol import End, Frame, FrameIndex, Start
 
 from . import ngff
-from .chunks import ChunkCodec, ChunkJob, chunk_path
+from .chunks import ChunkCodec, ChunkJob
 from .index import KIND_RAW, KIND_RESTORED, KIND_UNCERTAINTY, STATUS_CODES, RunIndex
 from .interface import StoreError
+from .plan import RECORDS, StoragePlan
 
 if TYPE_CHECKING:
     from .config import StorageConfig
@@ -63,9 +64,6 @@ class Image:
     def array_dir(self) -> str:
         return f"{self.dir}/0"
 
-    def chunk_path(self, t: int, c: int, z: int) -> str:
-        return chunk_path(self.array_dir, t, c, z)
-
 
 class Layout:
     """The groups and arrays of one run's store, and when each array's shape may grow.
@@ -84,8 +82,10 @@ class Layout:
         codecs: dict[str, ChunkCodec],
         index: RunIndex,
         state: threading.Lock,
+        plan: StoragePlan,
     ):
         self.path = path
+        self.plan = plan
         self.start = start
         self.cfg = cfg
         self.lowdose_version = lowdose_version
@@ -111,6 +111,11 @@ class Layout:
             self._create_root()
         if not (self.path / "lowdose" / "zarr.json").exists():
             zarr.open_group(store=LocalStore(self.path), path="lowdose", mode="a", zarr_format=3)
+        if self.plan.records == RECORDS and not (self.path / RECORDS / "zarr.json").exists():
+            # a zero-length array whose folder holds the logs: no Zarr tool lists inside an array
+            zarr.create_array(store=LocalStore(self.path), name=RECORDS, shape=(0,), dtype="uint8", zarr_format=3,
+                              attributes={"lowdose": "append-only JSON-lines logs of lowdose: frames.jsonl, "
+                                                     "restored.jsonl (not array data)"})
 
     def _check_existing(self, root_json: Path) -> None:
         try:
@@ -141,13 +146,16 @@ class Layout:
                 "storage": {
                     "compression": self.cfg.compression,
                     "compression_level": self.cfg.compression_level,
-                    "chunks": "one frame per chunk (1, 1, 1, Y, X), unsharded",
+                    "layout": self.plan.layout,
+                    "shard_frames": self.plan.shard_frames,
+                    "chunks": "one frame per chunk (1, 1, 1, Y, X), unsharded" if self.plan.layout == "chunk_per_frame"
+                    else f"one frame per inner chunk (1, 1, 1, Y, X), shards of {self.plan.shard_frames} time points",
                     "fsync": self.cfg.fsync,
                 },
                 "start": start.model_dump(mode="json"),
                 "summary_metadata": start.summary,
                 "sequence": start.sequence,
-                "records": {"frames": "lowdose/frames.jsonl", "restored": "lowdose/restored.jsonl"},
+                "records": {"frames": f"{self.plan.records}/frames.jsonl", "restored": f"{self.plan.records}/restored.jsonl"},
             }
         }
         # build in a temporary name, then rename: a crash mid-creation leaves no half store at the run's path
@@ -212,15 +220,18 @@ class Layout:
             labels = ngff.channel_labels(self.start.channel_names, c)
             attrs = {
                 "ome": ngff.image_ome(name, self._scale, labels, codec.dtype, {}),
-                "lowdose": {"kind": kind, "position": p, "frame_records": "../lowdose/frames.jsonl"},
+                "lowdose": {"kind": kind, "position": p, "frame_records": f"../{self.plan.records}/frames.jsonl"},
             }
             root = LocalStore(self.path)
             zarr.open_group(store=root, path=name, mode="a", zarr_format=3, attributes=jsonable(attrs))
+            sharded = self.plan.layout == "sharded"
             zarr.create_array(
                 store=root,
                 name=f"{name}/0",
                 shape=(0, c, z, *self.frame_shape),
                 chunks=(1, 1, 1, *self.frame_shape),
+                shards={"shape": (self.plan.shard_frames, 1, 1, *self.frame_shape), "index_location": "start"}
+                if sharded else None,
                 dtype=codec.dtype,
                 compressors=codec.zarr_compressors(),
                 fill_value=0,
@@ -228,6 +239,8 @@ class Layout:
                 zarr_format=3,
                 overwrite=False,
             )
+            if sharded:
+                _index_without_checksum(gdir / "0" / "zarr.json")
             if self.cfg.fsync:
                 fsync_dir(self.path)
         meta = json.loads((gdir / "0" / "zarr.json").read_text())
@@ -335,10 +348,24 @@ class Layout:
             "status_codes": STATUS_CODES,
             "status_table": "../lowdose/tables/restored_status (per raw frame row; written at finalize)",
             "model_table": "../lowdose/tables/restored_model (index into models, -1: not restored)",
-            "frame_records": "../lowdose/restored.jsonl",
+            "frame_records": f"../{self.plan.records}/restored.jsonl",
         }
         for img in images:
             with img.pub_lock:
                 attrs = img.group_meta["attributes"]
                 attrs["lowdose"] = {**prov, "kind": img.kind, "position": img.p}
                 write_json(img.dir / "zarr.json", img.group_meta)
+
+
+def _index_without_checksum(meta_path: Path) -> None:
+    """The shard index as :mod:`.shards` writes it: little-endian uint64 pairs, no crc32c.
+
+    A reader of a store being written reads the open shard's index while it changes; a checksum over
+    it would fail whenever a reader caught an update, while each published entry itself never changes.
+    """
+    meta = json.loads(meta_path.read_text())
+    for codec in meta["codecs"]:
+        if codec["name"] == "sharding_indexed":
+            codec["configuration"]["index_codecs"] = [{"name": "bytes", "configuration": {"endian": "little"}}]
+            codec["configuration"]["index_location"] = "start"
+    write_json(meta_path, meta)
