@@ -16,7 +16,7 @@ from lowdose.daemon.store import chunks as chunks_mod
 from lowdose.daemon.store import shards as shards_mod
 from lowdose.daemon.config import StorageConfig
 from lowdose.wire.protocol import End, Frame, FrameIndex, Start, ranges_from_seqs
-from lowdose.daemon.store import FrameNotStored, RunStore, StoreError
+from lowdose.daemon.store import FrameNotStored, RunStore, StoreError, images
 from lowdose.plugins.denoisers.interface import DenoiserInfo
 
 Y, X = 24, 40
@@ -253,6 +253,9 @@ def test_multi_channel_z_and_positions(tmp_path: Path, cfg) -> None:
                     seq += 1
             store.write_raw(batch)
     assert (store.path / "raw_p1").is_dir() and (store.path / "restored_p1").is_dir()
+    found = images(store.path)
+    assert found == {p: {"raw": store.path / raw, "restored": store.path / rest}
+                     for p, (raw, rest) in enumerate((("raw", "restored"), ("raw_p1", "restored_p1")))}
     for p, name in ((0, "raw"), (1, "raw_p1")):
         arr = published(store, name)
         assert arr.shape == (2, 2, 2, Y, X)
@@ -312,7 +315,7 @@ def test_store_validates_with_ngff_tools_and_opens_with_ome_zarr_py(tmp_path: Pa
     import yaozarrs
     from ome_zarr.io import parse_url
     from ome_zarr.reader import Reader
-    from ome_zarr_models.v05 import Image
+    from ome_zarr_models.v05 import BioFormats2Raw, Image
 
     start = make_start(sizes={"c": 2})
     store = RunStore.open(tmp_path, start, cfg(), VERSION)
@@ -326,6 +329,14 @@ def test_store_validates_with_ngff_tools_and_opens_with_ome_zarr_py(tmp_path: Pa
             Image.from_zarr(group)
             yaozarrs.validate_zarr_store(str(store.path / name))
             yaozarrs.validate_ome_uri(str(store.path / name))
+        # the root is one collection (bioformats2raw.layout) listing every image; ome-zarr-models 1.7's
+        # open_ome_zarr() tries no 0.5 bioformats2raw model, so its model is asked directly
+        root = zarr.open_group(store.path, mode="r")
+        assert BioFormats2Raw.from_zarr(root).attributes.ome.bioformats2raw_layout == 3
+        yaozarrs.validate_zarr_store(str(store.path))
+        series = json.loads((store.path / "OME" / "zarr.json").read_text())["attributes"]["ome"]["series"]
+        assert series == ["raw", "restored", "uncertainty"]
+        assert images(store.path) == {0: {k: store.path / k for k in series}}
         nodes = list(Reader(parse_url(str(store.path / "raw")))())
         assert nodes[0].data[0].shape == published(store).shape
         np.testing.assert_array_equal(np.asarray(nodes[0].data[0][1, 1, 0]), pixels(3))

@@ -25,7 +25,7 @@ from lowdose.wire.durable import fsync_dir, write_file
 from lowdose.wire.jsonsafe import jsonable
 from lowdose.wire.protocol import End, Frame, FrameIndex, Start
 
-from . import ngff
+from . import collection, ngff
 from .chunks import ChunkCodec, ChunkJob
 from .index import KIND_RAW, KIND_RESTORED, KIND_UNCERTAINTY, STATUS_CODES, RunIndex
 from .interface import StoreError
@@ -95,6 +95,7 @@ class Layout:
         self.codecs = codecs
         self.images: dict[tuple[int, str], Image] = {}
         self.finalized = False  # then every image of a position is published with the raw extent
+        self.collection = False  # the root is a bioformats2raw.layout listing the images (stores since 0.1)
         self._index = index
         self._state = state
         self._root_lock = threading.Lock()  # the root's zarr.json is read, changed and replaced whole
@@ -109,6 +110,7 @@ class Layout:
             self._check_existing(root_json)
         else:
             self._create_root()
+        self.collection = "bioformats2raw.layout" in json.loads(root_json.read_text())["attributes"].get("ome", {})
         if not (self.path / "lowdose" / "zarr.json").exists():
             zarr.open_group(store=LocalStore(self.path), path="lowdose", mode="a", zarr_format=3)
         if self.plan.records == RECORDS and not (self.path / RECORDS / "zarr.json").exists():
@@ -135,6 +137,7 @@ class Layout:
     def _create_root(self) -> None:
         start = self.start
         attrs = {
+            "ome": collection.BF2RAW,
             "lowdose": {
                 "run": start.run,
                 "instrument": start.instrument,
@@ -207,10 +210,21 @@ class Layout:
         self.images[(p, KIND_RESTORED)] = self._image(restored, KIND_RESTORED, p)
         if (self.path / unc / "0" / "zarr.json").exists():
             self.ensure_uncertainty(p)
+        self.update_series()
 
     def ensure_uncertainty(self, p: int) -> None:
         if (p, KIND_UNCERTAINTY) not in self.images:
             self.images[(p, KIND_UNCERTAINTY)] = self._image(ngff.image_names(p)[2], KIND_UNCERTAINTY, p)
+            self.update_series()
+
+    def update_series(self) -> None:
+        """List every image in the root's ``OME`` group (the collection readers open)."""
+        if not self.collection:
+            return
+        order = {KIND_RAW: 0, KIND_RESTORED: 1, KIND_UNCERTAINTY: 2}
+        names = [img.name for (p, kind), img in sorted(self.images.items(), key=lambda kv: (kv[0][0], order[kv[0][1]]))]
+        with self._root_lock:
+            collection.write_series(self.path, names, self.cfg.fsync)
 
     def _image(self, name: str, kind: str, p: int) -> Image:
         codec = self.codecs[kind]
