@@ -69,6 +69,7 @@ class _Shard:
         self.end = end
         self.index = index  # (n, 2) uint64
         self.full = full
+        self.busy = 0  # writers using fd now: a busy shard is never closed under them
 
 
 class ShardFiles:
@@ -82,6 +83,7 @@ class ShardFiles:
         self.fsync = fsync
         self.n = n
         self._open: OrderedDict[str, _Shard] = OrderedDict()
+        self._sizes: dict[str, int] = {}  # shard sizes seen while recovering
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1)), thread_name_prefix="lowdose-store")
 
@@ -104,6 +106,13 @@ class ShardFiles:
         def one(path: str, ks: list[int]) -> None:
             shard = self._shard(path, create=True, new_dirs=new_dirs)
             assert shard is not None
+            try:
+                append(shard, ks)
+            finally:
+                with self._lock:
+                    shard.busy -= 1
+
+        def append(shard: _Shard, ks: list[int]) -> None:
             bufs = [encoded[k] for k in ks]
             index = shard.index.copy()  # taken only once all is written: a failed batch leaves no trace
             offset = shard.end
@@ -126,10 +135,12 @@ class ShardFiles:
         return where
 
     def _shard(self, path: str, create: bool, new_dirs: set[str] | None = None) -> _Shard | None:
+        """The open shard at ``path`` (opened, or created, if need be), marked busy: the caller unmarks it."""
         with self._lock:
             shard = self._open.get(path)
             if shard is not None:
                 self._open.move_to_end(path)
+                shard.busy += 1
                 return shard
         if not os.path.exists(path):
             if not create:
@@ -146,15 +157,16 @@ class ShardFiles:
             index = _read_index(fd, self.n)
             shard = _Shard(fd, os.fstat(fd).st_size, index, bool((index[:, 1] != EMPTY).all()))
         with self._lock:
+            shard.busy = 1
             self._open[path] = shard
-            while len(self._open) > _MAX_OPEN:
-                _, old = self._open.popitem(last=False)
-                os.close(old.fd)
+            idle = [p for p, s in self._open.items() if not s.busy]
+            for old in idle[: max(0, len(self._open) - _MAX_OPEN)]:  # the least recently used first
+                os.close(self._open.pop(old).fd)
         return shard
 
     def _close_full(self) -> None:
         with self._lock:
-            for path in [p for p, s in self._open.items() if s.full]:
+            for path in [p for p, s in self._open.items() if s.full and not s.busy]:
                 os.close(self._open.pop(path).fd)
 
     # ------------------------------------------------------------------ read
@@ -174,15 +186,19 @@ class ShardFiles:
             return f.read(nbytes)
 
     # ------------------------------------------------------------------ recovery
-    @staticmethod
-    def present(at: Sequence[int] | None, array_dir: str, n: int, t: int, c: int, z: int) -> bool:
-        """Whether a record's frame bytes (``at`` = [offset, nbytes]) are in its shard file."""
+    def present(self, at: Sequence[int] | None, array_dir: str, n: int, t: int, c: int, z: int) -> bool:
+        """Whether a record's frame bytes (``at`` = [offset, nbytes]) are in its shard file (at reopen)."""
         if not at or len(at) != 2:
             return False
-        try:
-            return os.path.getsize(shard_path(array_dir, n, t, c, z)) >= int(at[0]) + int(at[1])
-        except OSError:
-            return False
+        path = shard_path(array_dir, n, t, c, z)
+        size = self._sizes.get(path)
+        if size is None:
+            try:
+                size = os.path.getsize(path)
+            except OSError:
+                size = -1
+            self._sizes[path] = size  # one stat per shard, not per record
+        return size >= int(at[0]) + int(at[1])
 
     def rebuild(self, array_dirs: Iterable[str], located: Mapping[tuple[str, int, int, int], Sequence[int]]) -> None:
         """Every shard's index, again from the records: ``located`` (array, t, c, z) -> [offset, nbytes].
@@ -196,6 +212,7 @@ class ShardFiles:
         for a in array_dirs:
             for path in _shard_files(a):
                 self._rebuild_one(path, by_shard.get(path, {}))
+        self._sizes.clear()
 
     def _rebuild_one(self, path: str, entries: Mapping[int, Sequence[int]]) -> None:
         index = np.full((self.n, 2), EMPTY, "<u8")
