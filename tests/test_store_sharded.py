@@ -224,3 +224,39 @@ def test_sigkilled_daemon_mid_shard_loses_and_duplicates_nothing(soak_module, tm
     assert result.intact == result.sent == 150 and result.finalized and result.spooled == 0, result
     attrs = json.loads((tmp_path / "data" / "soak-3.ome.zarr" / "zarr.json").read_text())["attributes"]["lowdose"]
     assert attrs["storage"]["layout"] == "sharded" and attrs["storage"]["shard_frames"] == 16
+
+
+def test_more_open_shards_than_kept_open_with_raw_and_restored_threads(tmp_path: Path) -> None:
+    """72 channels: 72 shards per image being appended to, more than stay open; the raw writer and the
+    restorer open and close them concurrently and every frame still lands where its index says."""
+    c_n, t_n = 72, 4
+    store = RunStore.open(tmp_path, start(sizes={"c": c_n}), StorageConfig(fsync=False, shard_frames=4), VERSION)
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def restorer() -> None:
+        try:
+            while not done.is_set() or store.unrestored_count():
+                todo = store.unrestored(limit=40)
+                if todo:
+                    store.write_restored([(i, store.read_raw(i) + 1, None) for i in todo], INFO, "live")
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    th = threading.Thread(target=restorer)
+    th.start()
+    try:
+        for t in range(t_n):
+            store.write_raw([frame(t * c_n + c, t, c) for c in range(c_n)])
+    finally:
+        done.set()
+        th.join(60)
+    assert errors == [] and not th.is_alive()
+    raw = zarr.open_array(store.path / "raw" / "0", mode="r")[:]
+    restored = zarr.open_array(store.path / "restored" / "0", mode="r")[:]
+    assert raw.shape[:3] == restored.shape[:3] == (t_n, c_n, 1)
+    for t in range(t_n):
+        for c in range(c_n):
+            np.testing.assert_array_equal(raw[t, c, 0], pixels(t * c_n + c))
+    np.testing.assert_array_equal(restored, raw + 1)
+    store.close()
