@@ -11,7 +11,7 @@ footing the others are on, as none of them fsyncs); ome-writers through
 ``create_stream(settings).append(frame)``, as pymmcore-plus does.
 
 * speed: frame bytes / seconds from the first append to the stream closed (everything on disk);
-* memory: the writer process's peak RSS over the RSS before its first frame;
+* memory: the writer process's highest RSS after an append, over its RSS before the first frame;
 * crash: the writer is SIGKILLed once it has returned from 1.5 shards' worth of appends; the store is
   then read with zarr-python, and ``kept`` counts the frames that returned and read back bit-identical
   (the rest were lost although the writer had accepted them). lowdose's own store is reopened first, as
@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import signal
 import subprocess
@@ -67,11 +66,12 @@ def worker(name: str, root: Path, n: int, size: int, shard: int) -> None:
 
         start = Start(run="lib", shape=(size, size), dtype="uint16")
         store = RunStore.open(root, start, StorageConfig(shard_frames=shard, fsync=name == "lowdose"), "bench")
-        base = rss_mb()
+        base = peak = rss_mb()
         t0 = time.perf_counter()
         for t in range(n):
             store.write_raw([(Frame(run="lib", seq=t, index=FrameIndex(t=t), shape=(size, size), dtype="uint16"),
                               frame_at(frames, t))])
+            peak = max(peak, rss_mb())
             print(f"W {t}", file=say, flush=True)
         store.close()
     else:
@@ -84,14 +84,14 @@ def worker(name: str, root: Path, n: int, size: int, shard: int) -> None:
                                           compression="blosc-lz4", format=ow.OmeZarrFormat(backend=name),
                                           overwrite=True)
         stream = ow.create_stream(settings)
-        base = rss_mb()
+        base = peak = rss_mb()
         t0 = time.perf_counter()
         for t in range(n):
             stream.append(frame_at(frames, t))
+            peak = max(peak, rss_mb())
             print(f"W {t}", file=say, flush=True)
         stream.close()
     dt = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3
     print(f"DONE {dt} {peak - base}", file=say, flush=True)
 
 
