@@ -269,6 +269,14 @@ def test_multi_channel_z_and_positions(tmp_path: Path, cfg) -> None:
     assert [a.get("unit") for a in ms["axes"]] == ["second", None, "micrometer", "micrometer", "micrometer"]
     summary = store.finalize(End(run="run1", frames=seq))
     assert summary["images"]["restored_p1"]["shape"] == [2, 2, 2, Y, X]
+    import yaozarrs
+    from ome_zarr_models.v05 import Image
+
+    yaozarrs.validate_zarr_store(str(store.path))  # the root, and every image its series lists
+    for p, found in images(store.path).items():
+        for kind, path in found.items():
+            Image.from_zarr(zarr.open_group(path, mode="r"))
+            yaozarrs.validate_ome_uri(str(path))
     assert summary["missing_seq_count"] == 0
     store.close()
 
