@@ -148,14 +148,19 @@ class ShardFiles:
             _make_dirs(os.path.dirname(path), new_dirs if new_dirs is not None else set())
             fd = os.open(path, os.O_RDWR | os.O_CREAT | _BINARY, 0o644)
             index = np.full((self.n, 2), EMPTY, "<u8")
-            _write_at(fd, 0, [index.tobytes()])
+            try:
+                _write_at(fd, 0, [index.tobytes()])
+            except BaseException:  # a full disk: the next try opens the short file and reads it as empty
+                os.close(fd)
+                raise
             assert new_dirs is not None
             new_dirs.add(os.path.dirname(path))
             shard = _Shard(fd, index.nbytes, index, False)
         else:
             fd = os.open(path, os.O_RDWR | _BINARY)
             index = _read_index(fd, self.n)
-            shard = _Shard(fd, os.fstat(fd).st_size, index, bool((index[:, 1] != EMPTY).all()))
+            # never append into the index's place, even in a file cut short before its index was written
+            shard = _Shard(fd, max(os.fstat(fd).st_size, index.nbytes), index, bool((index[:, 1] != EMPTY).all()))
         with self._lock:
             shard.busy = 1
             self._open[path] = shard
