@@ -260,3 +260,29 @@ def test_more_open_shards_than_kept_open_with_raw_and_restored_threads(tmp_path:
             np.testing.assert_array_equal(raw[t, c, 0], pixels(t * c_n + c))
     np.testing.assert_array_equal(restored, raw + 1)
     store.close()
+
+
+def test_disk_full_while_a_new_shard_is_created_then_space_again(tmp_path: Path, monkeypatch) -> None:
+    from lowdose.daemon.store import StoreError
+    from lowdose.daemon.store import shards as shards_mod
+
+    store = RunStore.open(tmp_path, start(), StorageConfig(shard_frames=4), VERSION)
+    store.write_raw([frame(s, s) for s in range(4)])  # shard 0 full; t=4 opens shard 1
+    real = shards_mod._write_at
+
+    def full(fd, offset, bufs):  # the new shard's file exists, its index only half written
+        real(fd, offset, [memoryview(bufs[0]).cast("B")[:10]])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(shards_mod, "_write_at", full)
+    with pytest.raises(StoreError, match="disk is full"):
+        store.write_raw([frame(4, 4)])
+    assert not store.has_seq(4) and (store.path / "raw/0/c/1/0/0/0/0").stat().st_size == 10
+    monkeypatch.setattr(shards_mod, "_write_at", real)
+    assert store.write_raw([frame(4, 4), frame(5, 5)]) == [4, 5]
+    raw = zarr.open_array(store.path / "raw" / "0", mode="r")
+    np.testing.assert_array_equal(raw[:, 0, 0], np.stack([pixels(s) for s in range(6)]))
+    store.close()
+    again = RunStore.reopen(store.path, StorageConfig(), VERSION)
+    np.testing.assert_array_equal(again.read_raw(FrameIndex(t=5)), pixels(5))
+    again.close()
