@@ -262,7 +262,7 @@ class Layout:
         return Image(name=name, kind=kind, p=p, dir=gdir, codec=codec, meta=meta, group_meta=group_meta)
 
     def job(self, kind: str, index: FrameIndex, pixels: np.ndarray) -> ChunkJob:
-        """What :class:`~.chunks.ChunkFiles` needs to write ``pixels`` as the ``kind`` image's chunk at ``index``."""
+        """What the frame files (:mod:`.chunks`, :mod:`.shards`) need to write ``pixels`` of the ``kind`` image at ``index``."""
         img = self.images[(index.p, kind)]
         return (img.codec, img.array_dir, index.t, index.c, index.z, pixels)
 

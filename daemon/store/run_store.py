@@ -1,4 +1,4 @@
-"""The run store the daemon uses: :class:`RunStore`, one-frame chunk files plus append-only records.
+"""The run store the daemon uses: :class:`RunStore`, frames in shards (or one file each) plus append-only records.
 
 It composes the parts of this package and holds the locks; the layout on disk and the durability
 contract it keeps are in the package docstring (:mod:`lowdose.daemon.store`).
@@ -86,8 +86,9 @@ class RunStore:
     ) -> "RunStore":
         """Create ``<output_dir>/<start.run>.ome.zarr``, or reopen it after a daemon restart.
 
-        On reopen the store's own records (``lowdose/frames.jsonl``, ``lowdose/restored.jsonl``) say which
-        frames are written and which are restored; a torn last line is dropped (that frame is resent).
+        On reopen the store's own records (``lowdose/records/frames.jsonl``, ``restored.jsonl``) say which
+        frames are written and which are restored, and where their bytes are in their shards; a torn last
+        line is dropped (that frame is resent), and every shard's index is rebuilt from them.
         Reopening with a different frame shape/dtype raises :class:`StoreError`, and so does a disk-full or
         permission error. ``policy`` (``fifo``/``latest``) is recorded as provenance of ``restored``.
         """
@@ -153,7 +154,8 @@ class RunStore:
     def write_raw(self, frames: Sequence[tuple[Frame, np.ndarray]]) -> list[int]:
         """Write a batch of frames (arrival order) durably; return the seqs now durably stored.
 
-        Order: chunk data (+ fsync of files and new directory entries when ``storage.fsync``), then the
+        Order: frame data, appended to shards or as chunk files (+ fsync of files and new directory
+        entries when ``storage.fsync``), then the
         per-frame records (+ fsync), then the visible shapes grown (one ``zarr.json`` write per image per
         batch at most). Idempotent by seq: a seq already stored is not written again but is returned.
         """
