@@ -1,7 +1,7 @@
 """Sharded append, side by side: lowdose's shard writer vs ome-writers' backends (tensorstore, zarr-python,
 zarrs-python, acquire-zarr): speed, memory, and what survives a SIGKILL mid-shard.
 
-    python benchmarks/libraries.py [--frames 128] [--size 1024] [--shard 64]
+    pip install -e ".[bench]" && python benchmarks/libraries.py [--frames 128] [--size 1024] [--shard 64]
 
 Every writer appends ``--frames`` low-light uint16 frames along T, one frame per inner chunk, shards of
 ``--shard`` frames, blosc lz4 (bit-shuffle for lowdose; ome-writers picks its own shuffle), in its own
