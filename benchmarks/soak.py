@@ -168,10 +168,12 @@ def soak(frames: int = 10_000, kills: int = 20, *, rate: float = 150.0, size: in
                                     daemon=True)
         sender.start()
         producer.start()
-        # spread the kills over the acquisition; the last one waits for the end ack
-        gap = frames / rate / max(1, kills)
+        # spread the kills over the acquisition; the last one waits for the end ack. The gap is
+        # drawn from the time left, since each restart itself takes seconds of it.
+        acquisition_ends = time.monotonic() + frames / rate
         while daemons.kills < kills - 1 and producer.is_alive():
-            producer.join(rng.uniform(0.2, 2 * gap))
+            gap = max(0.2, (acquisition_ends - time.monotonic()) / max(1, kills - 1 - daemons.kills))
+            producer.join(rng.uniform(0.1, 1.2 * gap))
             if producer.is_alive():
                 # the first kill always hits a start-up, the others at random
                 resume = (daemons.kills == 0 or rng.random() < 0.3) and daemons.kills < kills - 2
