@@ -166,13 +166,14 @@ def photon_transfer(frames: np.ndarray, gain: float | None = None) -> tuple[floa
     offset by gain * read_noise^2, a few ADU: the network's scaling absorbs that).
     """
     f = frames.astype(np.float64)
-    if f.shape[0] >= 2:
+    temporal = f.shape[0] >= 2
+    if temporal:
+        # each pixel's mean over time bins it: fine structure does not blur the means
         diff = (f[1:] - f[:-1]) / np.sqrt(2.0)
-        mean = 0.5 * (f[1:] + f[:-1])
+        mean = np.broadcast_to(f.mean(0), diff.shape)
     else:
         diff = (f[:, :, 1:] - f[:, :, :-1]) / np.sqrt(2.0)
-        mean = 0.5 * (f[:, :, 1:] + f[:, :, :-1])
-    mean = ndimage.uniform_filter(mean, size=(1, 5, 5))
+        mean = ndimage.uniform_filter(0.5 * (f[:, :, 1:] + f[:, :, :-1]), size=(1, 5, 5))
     var = diff**2
     lo, hi = np.percentile(mean, [2, 98])
     if not hi > lo:
@@ -184,9 +185,13 @@ def photon_transfer(frames: np.ndarray, gain: float | None = None) -> tuple[floa
         sel = which == b
         if sel.sum() >= 200:
             xs.append(float(np.median(mean.ravel()[sel])))
-            # the mean of squared differences is the variance; a trimmed mean resists edges of structures
-            v = np.sort(var.ravel()[sel])
-            ys.append(float(v[: int(0.95 * len(v))].mean() / TRIMMED_CHI2))
+            v = var.ravel()[sel]
+            if temporal:
+                ys.append(float(v.mean()))  # the field's structure cancels between frames
+            else:
+                # across pixels, edges of structures add to the differences: a trimmed mean resists them
+                v = np.sort(v)
+                ys.append(float(v[: int(0.95 * len(v))].mean() / TRIMMED_CHI2))
     if len(xs) < 4 or np.ptp(xs) <= 0:
         return None, None
     x, y = np.asarray(xs), np.asarray(ys)
