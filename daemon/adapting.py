@@ -12,7 +12,10 @@ eventually, whatever the adaptation does).
 from __future__ import annotations
 
 import logging
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Iterator
 
 from lowdose.plugins.denoisers.adaptation import OnlineAdaptation, adaptation_of
 from lowdose.plugins.denoisers.interface import Denoiser
@@ -45,13 +48,24 @@ class RunAdaptations:
     def __init__(self, cfg: RestoreConfig) -> None:
         self.cfg = cfg
         self._runs: dict[str, _RunAdaptation] = {}
+        # set while no batch is being restored: on a GPU, sessions train only then
+        self.idle = threading.Event()
+        self.idle.set()
+
+    @contextmanager
+    def restoring(self) -> Iterator[None]:
+        self.idle.clear()
+        try:
+            yield
+        finally:
+            self.idle.set()
 
     def _of(self, state: RunState, base: Denoiser) -> _RunAdaptation:
         ra = self._runs.get(state.run)
         if ra is None:
             session = None
             try:
-                session = adaptation_of(base, self.cfg.adapt_settings(state.run))
+                session = adaptation_of(base, {**self.cfg.adapt_settings(state.run), "idle": self.idle})
                 if session is None:
                     log.warning("run %s: restore.adapt is on but denoiser %r cannot adapt; restoring without",
                                 state.run, base.info.name)

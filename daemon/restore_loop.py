@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from contextlib import nullcontext
 from typing import Callable
 
 import numpy as np
@@ -184,8 +185,9 @@ class RestoreLoop(LoopThread):
         denoiser = self.denoiser if self.adaptations is None else self.adaptations.denoiser_for(state, self.denoiser)
         t0 = time.perf_counter()
         try:
-            result = restore_into_store(state.store, denoiser, [(it.index, it.pixels) for it in batch.items],
-                                        batch.mode, keep_uncertainty=self.cfg.store_uncertainty)
+            with self.adaptations.restoring() if self.adaptations is not None else nullcontext():
+                result = restore_into_store(state.store, denoiser, [(it.index, it.pixels) for it in batch.items],
+                                            batch.mode, keep_uncertainty=self.cfg.store_uncertainty)
         except Exception as exc:  # a model or disk failure must not kill the loop
             n = self._failures[state.run] = self._failures.get(state.run, 0) + 1
             state.counters.frames_failed += len(batch.items)

@@ -31,7 +31,7 @@ class OnlineAdaptation:
     def __init__(
         self, base: Any, *, threads: int = 1, cpu_share: float = 0.5, steps_per_version: int = 100,
         max_steps: int = 2000, final_s: float = 30.0, frames: int = 16, min_frames: int = 2,
-        options: dict[str, Any] | None = None, run: str = "",
+        options: dict[str, Any] | None = None, run: str = "", idle: threading.Event | None = None,
     ) -> None:
         if not 0 < cpu_share <= 1:
             raise ValueError(f"cpu_share must be in (0, 1], got {cpu_share}")
@@ -45,6 +45,9 @@ class OnlineAdaptation:
         self.min_frames = max(1, min_frames)
         self.cfg = AdaptConfig(**(options or {}))
         self.run = run
+        # On a GPU the restorer's batches come first: train only while ``idle`` is set (between batches).
+        # On a CPU both share the cores anyway; ``cpu_share`` bounds the training instead.
+        self.idle = idle if idle is not None and base.engine.device.type == "cuda" else None
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -120,7 +123,7 @@ class OnlineAdaptation:
                 final_deadline = time.monotonic() + self.final_s
             if final_deadline is not None and time.monotonic() >= final_deadline:
                 break
-            if since_refresh >= 20 and self._new_frames or adapter is None:
+            if adapter is None or (since_refresh >= 20 and self._new_frames):
                 adapter = self._refresh(adapter)
                 since_refresh = 0
                 if adapter is None:  # not enough frames yet
@@ -134,6 +137,8 @@ class OnlineAdaptation:
                     break
                 self._wake.wait(0.5)  # budget spent: wait for the end of the run
                 self._wake.clear()
+                continue
+            if self.idle is not None and not self.idle.wait(0.5):
                 continue
             t0 = time.perf_counter()
             self._train_step(adapter)
