@@ -147,7 +147,8 @@ class RestoreLoop(LoopThread):
             state.store.close()
             record = FinishedRun.of(state, frames_skipped=self.scheduler.skipped(state.run))
         self.scheduler.remove_run(state.run)
-        self.runs.retire(record)
+        for forgotten in self.runs.retire(record):
+            self.metrics.forget_run(forgotten)
         if self.adaptations is not None:
             self.adaptations.close(state.run)
         self._failures.pop(state.run, None)
