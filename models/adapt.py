@@ -45,6 +45,9 @@ class AdaptConfig:
     val_fraction: float = 0.125  # the held-out stripe's share of the columns
     val_frames: int = 8  # frames (pairs) the validation loss is measured on
     seed: int = 0
+    # >1: a causal window (the frame and the window-1 before it as channels; FastUNet only). An
+    # experiment measured by benchmarks/temporal.py: no restore path feeds a window yet.
+    window: int = 1
 
     def __post_init__(self) -> None:
         if self.mode not in ("auto", "n2n", "n2v"):
@@ -91,7 +94,10 @@ class Adapter:
         self.cfg = cfg or AdaptConfig()
         self.device = device or torch.device("cpu")
         self.multiple = int(getattr(base, "multiple", 8))
-        self.net = copy.deepcopy(base.net).float().to(self.device).train()
+        self.net = copy.deepcopy(base.net).float()
+        if self.cfg.window > 1:
+            self.net = widen_input(self.net, self.cfg.window)
+        self.net = self.net.to(self.device).train()
         self.ema = copy.deepcopy(self.net).eval()
         for p in self.ema.parameters():
             p.requires_grad_(False)
@@ -141,6 +147,10 @@ class Adapter:
 
     def _prepare(self, frames: np.ndarray, offset: float | None, gain: float | None) -> _Field:
         x, own = self.base.network_pair(frames, frames, offset=offset, gain=gain)
+        if self.cfg.window > 1:
+            x = torch.cat([x] + [self.base.network_pair(frames, frames[np.maximum(np.arange(len(frames)) - k, 0)],
+                                                        offset=offset, gain=gain)[1]
+                                 for k in range(1, self.cfg.window)], 1)
         nxt = prev = None
         if len(frames) >= 2:
             _, nxt = self.base.network_pair(frames[:-1], frames[1:], offset=offset, gain=gain)
@@ -154,10 +164,11 @@ class Adapter:
         for _ in range(self.cfg.batch):
             fld = self.fields[int(self.rng.choice(len(self.fields), p=weights / weights.sum()))]
             n, _, h, _ = fld.x.shape
-            t = int(self.rng.integers(n))
+            t = int(self.rng.integers(n - 1 if self.mode == "n2n" and self.cfg.window > 1 else n))
             if self.mode == "n2n":
                 assert fld.next is not None and fld.prev is not None
-                forward = t == 0 or (t < n - 1 and self.rng.random() < 0.5)
+                # with a window the frame before is an input: only the next one is an independent target
+                forward = t == 0 or (t < n - 1 and (self.cfg.window > 1 or self.rng.random() < 0.5))
                 target = fld.next[t] if forward else fld.prev[t - 1]
             else:
                 target = fld.own[t]
@@ -259,11 +270,29 @@ class Adapter:
 
         base = self.base.checkpoint
         return Checkpoint(
-            kind=base.kind, arch=dict(base.arch), state_dict=dict(self.best_state),
+            kind=base.kind, arch={**base.arch, **({"in_channels": self.cfg.window} if self.cfg.window > 1 else {})},
+            state_dict=dict(self.best_state),
             normalisation=dict(base.normalisation), noise_model=dict(base.noise_model),
             diffusion=dict(base.diffusion), data=data, metrics=metrics, training=training,
             lowdose_version=lowdose_version(),
         )
+
+
+def widen_input(net: nn.Module, window: int) -> nn.Module:
+    """A FastUNet that also sees ``window - 1`` previous frames, starting as the single-frame one
+    (the new input channels' weights are zero)."""
+    from .unet import FastUNet
+
+    if not isinstance(net, FastUNet):
+        raise ValueError("a causal window needs a FastUNet")
+    first = net.down[0][0]
+    wide = nn.Conv2d(window, first.out_channels, 3, padding=1)
+    with torch.no_grad():
+        wide.weight.zero_()
+        wide.weight[:, :1] = first.weight
+        wide.bias.copy_(first.bias)
+    net.down[0][0] = wide
+    return net
 
 
 def weights_digest(state: dict[str, torch.Tensor]) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tifffile
+import torch
 from scipy import ndimage
 from typer.testing import CliRunner
 
@@ -130,3 +131,15 @@ def test_read_stack_keeps_the_calibration_given(tmp_path):
     with pytest.raises(AdaptError, match="NaN"):
         np.save(tmp_path / "n.npy", np.full((2, 64, 64), np.nan, np.float32))
         read_stack(tmp_path / "n.npy", offset=0.0)
+
+
+def test_a_causal_window_starts_as_the_single_frame_model_and_trains(one_torch_thread):
+    base = load("unet", device="cpu")
+    adapter = Adapter(base, AdaptConfig(batch=2, crop=32, window=3))
+    frames = exposures(texture((64, 64)), 4).astype(np.float32)
+    adapter.set_frames([frames], OFFSET, GAIN)
+    x = adapter.fields[0].x
+    assert x.shape == (4, 3, 64, 64)
+    with torch.no_grad():  # zero weights on the previous frames: the base model's output
+        np.testing.assert_allclose(adapter.net(x[:1]).numpy(), base.net(x[:1, :1]).numpy(), atol=1e-5)
+    assert np.isfinite(adapter.step()) and adapter.checkpoint({}, {}, {}).arch["in_channels"] == 3
