@@ -106,7 +106,8 @@ class RunAdaptations:
                             state.run, ra.session.error)
             cur = ra.session.current()
             ra.final = (base if cur is None else cur[1]).info.checksum
-            ra.redo = [] if not self.cfg.adapt_redo else [
+            # the redo is a backfill: without backfill there is none (the run would never settle)
+            ra.redo = [] if not (self.cfg.adapt_redo and self.cfg.backfill) else [
                 i for i in state.store.raw_indices() if ra.made_by.get(_key(i)) != ra.final]
             if ra.redo:
                 log.info("run %s: restoring %d frames again with the final adapted version", state.run, len(ra.redo))
