@@ -17,6 +17,7 @@ def adapt_command(
     max_minutes: float = typer.Option(2.0, "--max-minutes", help="time budget; the best weights seen are kept"),
     mode: str = typer.Option("auto", help="auto (n2n with 2+ frames, n2v with one), n2n or n2v"),
     steps: Optional[int] = typer.Option(None, help="stop after this many steps (if before the time budget)"),
+    frames: int = typer.Option(64, min=1, help="adapt on the stack's first FRAMES frames"),
     batch: int = typer.Option(8, help="crops per step"),
     crop: int = typer.Option(64, help="crop size in pixels"),
     lr: float = typer.Option(3e-4, help="learning rate"),
@@ -58,7 +59,8 @@ def adapt_command(
 
     with bar:
         res = adapt_stack(stack, base=from_model, out=out, offset=offset, gain=gain, max_minutes=max_minutes,
-                          max_steps=steps, cfg=cfg, device=device, threads=threads, on_progress=show, on_start=started)
+                          max_steps=steps, cfg=cfg, device=device, threads=threads, on_progress=show, on_start=started,
+                          max_frames=frames)
     r = res.run
     typer.echo(f"{res.path}: {r.steps} steps ({r.mode}) in {r.seconds:.0f} s; held-out loss {r.val_start:.5g} -> "
                f"{r.val_best:.5g} ({100 * r.improvement:.1f} % lower); card {res.card}")

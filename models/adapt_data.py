@@ -48,15 +48,16 @@ class Stack:
 
 def read_stack(
     path: str | Path, *, offset: float | None = None, gain: float | None = None, position: int = 0,
-    channel: int = 0, z: int = 0,
+    channel: int = 0, z: int = 0, max_frames: int | None = 64,
 ) -> Stack:
-    """Read and check a stack; offset and gain: given, else the store's, else estimated."""
+    """Read and check a stack (its first ``max_frames`` frames); offset and gain: given, else the
+    store's, else estimated."""
     p = Path(path)
     if not p.exists():
         raise AdaptError(f"stack {p} does not exist; give a TIFF of camera counts or a lowdose .ome.zarr")
     meta: dict[str, float | None] = {}
     if p.is_dir():
-        raw, meta = _read_zarr(p, position, channel, z)
+        raw, meta = _read_zarr(p, position, channel, z, max_frames)
     elif p.suffix.lower() in (".tif", ".tiff"):
         raw = _read_tiff(p)
     elif p.suffix.lower() == ".npy":
@@ -66,7 +67,10 @@ def read_stack(
             raise AdaptError(f"cannot read {p} as a .npy array ({exc})") from None
     else:
         raise AdaptError(f"{p}: unsupported stack (use a .tif/.tiff of camera counts, a .npy array or a lowdose .ome.zarr)")
-    frames = _check_frames(np.asarray(raw), str(p))
+    raw = np.asarray(raw)
+    if raw.ndim == 3 and max_frames:
+        raw = raw[:max_frames]
+    frames = _check_frames(raw, str(p))
     if gain is not None and gain <= 0:
         raise AdaptError(f"--gain must be > 0 ADU per electron, got {gain}")
     how = []
@@ -109,7 +113,9 @@ def _read_tiff(p: Path) -> np.ndarray:
         raise AdaptError(f"cannot read {p} as a TIFF ({type(exc).__name__}: {exc})") from None
 
 
-def _read_zarr(p: Path, position: int, channel: int, z: int) -> tuple[np.ndarray, dict[str, float | None]]:
+def _read_zarr(
+    p: Path, position: int, channel: int, z: int, max_frames: int | None
+) -> tuple[np.ndarray, dict[str, float | None]]:
     """Time series of one (position, channel, plane) of a lowdose store's raw image, and its calibration."""
     import zarr
 
@@ -133,7 +139,7 @@ def _read_zarr(p: Path, position: int, channel: int, z: int) -> tuple[np.ndarray
     if not (0 <= channel < arr.shape[1] and 0 <= z < arr.shape[2]):
         raise AdaptError(f"{p}: no channel {channel} / plane {z} (raw shape {arr.shape})")
     start = run.get("start") or {}
-    return arr[:, channel, z], {"offset": start.get("camera_offset"), "gain": start.get("camera_gain")}
+    return arr[:max_frames, channel, z], {"offset": start.get("camera_offset"), "gain": start.get("camera_gain")}
 
 
 def _check_frames(a: np.ndarray, source: str) -> np.ndarray:

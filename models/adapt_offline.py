@@ -34,6 +34,7 @@ def adapt_stack(
     max_minutes: float = 2.0, max_steps: int | None = None, val_every: int | None = None,
     cfg: AdaptConfig | None = None, device: str = "cpu", threads: int | None = None,
     on_progress: Callable[[Progress], None] | None = None, on_start: Callable[[Stack, Adapter], None] | None = None,
+    max_frames: int | None = 64,
 ) -> AdaptOutcome:
     """Adapt model ``base`` (a shipped name or a checkpoint) to ``stack``; write ``out`` and ``out``.md."""
     from . import load
@@ -46,7 +47,7 @@ def adapt_stack(
     if threads:
         torch.set_num_threads(threads)
     den = load(base, device=device)  # first: an unknown model fails before the stack is read
-    data = read_stack(stack, offset=offset, gain=gain)
+    data = read_stack(stack, offset=offset, gain=gain, max_frames=max_frames)
     try:
         adapter = Adapter(den, cfg, device=den.engine.device)
         adapter.set_frames([data.frames], data.offset, data.gain)
