@@ -349,5 +349,16 @@ def _mount_train() -> None:
 _mount_train()
 
 
+def _mount_adapt() -> None:
+    try:
+        from lowdose.models.adapt_cli import adapt_command
+    except ImportError:
+        return
+    app.command("adapt")(adapt_command)
+
+
+_mount_adapt()
+
+
 if __name__ == "__main__":
     app()
