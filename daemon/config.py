@@ -65,6 +65,25 @@ class RestoreConfig(ConfigSection):
     queue_frames: int = Field(32, ge=1)
     backfill: bool = True
     store_uncertainty: bool = True
+    # online adaptation to the run's own frames (denoisers that can: unet, n2v, their checkpoints)
+    adapt: bool = False
+    adapt_threads: int = Field(1, ge=1, le=256)
+    adapt_cpu_share: float = Field(0.5, gt=0, le=1)
+    adapt_steps_per_version: int = Field(100, ge=1)
+    adapt_max_steps: int = Field(2000, ge=1)
+    adapt_final_s: float = Field(30.0, ge=0)
+    adapt_frames: int = Field(16, ge=2, le=1024)
+    adapt_redo: bool = True
+    adapt_options: dict[str, Any] = Field(default_factory=dict)
+
+    def adapt_settings(self, run: str) -> dict[str, Any]:
+        """Keyword arguments of a denoiser's ``start_adaptation`` for run ``run``."""
+        return {
+            "threads": self.adapt_threads, "cpu_share": self.adapt_cpu_share,
+            "steps_per_version": self.adapt_steps_per_version, "max_steps": self.adapt_max_steps,
+            "final_s": self.adapt_final_s, "frames": self.adapt_frames, "options": dict(self.adapt_options),
+            "run": run,
+        }
 
 
 class MetricsConfig(ConfigSection):

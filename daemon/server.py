@@ -53,6 +53,7 @@ from .resume import reopen_if_idle, resume_unfinished
 from .restore_loop import RestoreLoop
 from .runs import FinishedRun, RunRegistry, RunState
 from .scheduler import Scheduler
+from .status import status_reply
 from .sockets import DaemonError, bind_router
 from .supervisor import DaemonFailed, LoopDeath, LoopThread, Supervisor
 from .write_loop import EndReceived, Received, WriteLoop
@@ -445,25 +446,11 @@ class Daemon:
 
     # -- status -----------------------------------------------------------------------
 
-    def status(self) -> dict:
-        runs = [
-            state.snapshot(restore_queue=self.scheduler.pending(state.run),
-                           frames_skipped=self.scheduler.skipped(state.run)).as_dict()
-            for state in self.runs.all()
-        ]
-        info = self.restore_loop.denoiser.info if self.restore_loop and self.restore_loop.denoiser else None
-        return {
-            "daemon": self.id,
-            "version": __version__,
-            "uptime_s": time.time() - self.started_at,
-            "endpoints": self.cfg.server.endpoints,
-            "denoiser": None if info is None else {"name": info.name, "version": info.version, "device": info.device},
-            "policy": self.cfg.restore.policy,
-            "write_queue": self._inbox.qsize(),
-            "restore_queue": self.scheduler.pending(),
-            "runs": runs,
-        }
+    def write_queue_frames(self) -> int:
+        return self._inbox.qsize()
 
+    def status(self) -> dict:
+        return status_reply(self)
 
 def client_key(auth, part: zmq.Frame) -> str | None:
     """The CURVE public key (Z85) the ZAP handler authenticated this message's peer with, or None."""

@@ -124,21 +124,35 @@ def status(
     from lowdose import status_view
     from lowdose.daemon.client import query_status
 
-    target = _check_endpoint(endpoint) if endpoint else _load(config).hook.endpoint
+    from lowdose.daemon.client import DaemonUnreachable
+    from lowdose.plugins.acquisition.spool import summarize
+
+    hook = _load(config).hook
+    target = _check_endpoint(endpoint) if endpoint else hook.endpoint
     con = out()
     if watch:
         if as_json:
             raise UserError("--watch and --json do not go together; poll `lowdose status --json` instead")
-        status_view.watch(con, target, timeout=timeout, interval=interval, count=count)
+        status_view.watch(con, target, timeout=timeout, interval=interval, count=count, spool_dir=hook.spool_dir)
         return
-    st = query_status(target, timeout=timeout)
+    # The spool is on this machine, the daemon may be elsewhere or down: frames waiting here are worth
+    # saying even (most of all) when no daemon answers.
+    spools = summarize(hook.spool_dir)
+    try:
+        st = query_status(target, timeout=timeout)
+    except DaemonUnreachable:
+        if not as_json:
+            status_view.print_spools(con, spools, hook.spool_dir)
+        raise
     if plot is not None:
         _plot_status(st, plot, run)
         return
     if as_json:
+        st["local_spools"] = [status_view.spool_json(s) for s in spools]
         con.print_json(json.dumps(st))
         return
     status_view.print_once(con, st, target)
+    status_view.print_spools(con, spools, hook.spool_dir)
 
 
 def _plot_status(st: dict, plot: Path, run: Optional[str]) -> None:
@@ -385,6 +399,17 @@ def _mount_train() -> None:
 
 
 _mount_train()
+
+
+def _mount_adapt() -> None:
+    try:
+        from lowdose.models.adapt_cli import adapt_command
+    except ImportError:
+        return
+    app.command("adapt")(adapt_command)
+
+
+_mount_adapt()
 
 
 if __name__ == "__main__":

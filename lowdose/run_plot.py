@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from lowdose.daemon.dashboard.disk import find_images
+from lowdose.daemon.store.plan import LEGACY_RECORDS, RECORDS
 from lowdose.daemon.store.records import read_batches
 
 BLUE, GREEN, ORANGE, GREY = (40, 110, 200), (40, 160, 70), (220, 120, 20), (120, 120, 120)
@@ -30,13 +31,19 @@ class Timeline:
     live: np.ndarray  # per restored frame: restored live (else by backfill)
 
 
+def records_dir(store: Path) -> Path:
+    """Where a store keeps its record logs (older stores: directly in ``lowdose/``)."""
+    current = Path(store) / RECORDS
+    return current if (current / "frames.jsonl").exists() else Path(store) / LEGACY_RECORDS
+
+
 def read_timeline(store: Path) -> Timeline:
     raw: dict[tuple, float] = {}
-    for batch in read_batches(Path(store) / "lowdose" / "frames.jsonl", 4096):
+    for batch in read_batches(records_dir(store) / "frames.jsonl", 4096):
         for r in batch:
             raw.setdefault((r["t"], r["p"], r["c"], r["z"]), float(r["written"]))
     restored: dict[tuple, tuple[float, bool]] = {}
-    log = Path(store) / "lowdose" / "restored.jsonl"
+    log = records_dir(store) / "restored.jsonl"
     if log.exists():
         for batch in read_batches(log, 4096):
             for r in batch:
@@ -182,7 +189,7 @@ def plot_run(store: Path, out: Path, t: int | None = None) -> int:
 
 
 def _restored_keys(store: Path) -> list[tuple]:
-    log = Path(store) / "lowdose" / "restored.jsonl"
+    log = records_dir(store) / "restored.jsonl"
     if not log.exists():
         return []
     return [(r["t"], r["p"], r["c"], r["z"]) for batch in read_batches(log, 4096) for r in batch

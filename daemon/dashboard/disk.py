@@ -12,21 +12,23 @@ from pathlib import Path
 import numpy as np
 import zarr
 
+from lowdose.daemon.store.collection import images
+
 KINDS = ("raw", "restored", "uncertainty")
 
 
 def find_images(root: Path, p: int = 0) -> dict[str, zarr.Array]:
     """The full-resolution TCZYX arrays of position ``p``, by kind (raw, restored, uncertainty if any).
 
-    The one place that knows the store's layout: position 0's images are ``raw/``, ``restored/``,
-    ``uncertainty/`` at the root, position p's ``raw_p{p}/`` and so on, each with its level at ``0``.
+    The store's own :func:`~lowdose.daemon.store.collection.images` says where its images are; each
+    image's level 0 is at ``0`` inside it.
     """
+    root = Path(root)
     group = zarr.open_group(str(root), mode="r")
-    suffix = "" if p == 0 else f"_p{p}"
     out: dict[str, zarr.Array] = {}
-    for kind in KINDS:
+    for kind, path in images(root).get(p, {}).items():
         try:
-            node = group[f"{kind}{suffix}/0"]
+            node = group[f"{path.relative_to(root).as_posix()}/0"]
         except KeyError:
             continue
         if isinstance(node, zarr.Array):
