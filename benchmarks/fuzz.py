@@ -152,8 +152,9 @@ GENERATORS = [g_deep_start, g_deep_sequence, g_deep_metadata, g_huge_index, g_hu
               g_apart, g_after_end, g_unknown_run, g_mismatch, g_wrong_kind, g_garbage, g_mutated]
 
 
-def hostile(endpoint: str, n: int, seed: int, counts: dict) -> None:
+def hostile(endpoint: str, n: int, seed: int, counts: dict, only: str | None = None) -> None:
     r = random.Random(seed)
+    generators = [g for g in GENERATORS if only is None or g.__name__ == f"g_{only}"]
     ctx = zmq.Context.instance()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
@@ -169,11 +170,12 @@ def hostile(endpoint: str, n: int, seed: int, counts: dict) -> None:
         sock.send_multipart(parts)
         drain(2000)
     for i in range(n):
-        gen = g_long_echo if i % 500 == 499 else GENERATORS[i % len(GENERATORS)]
-        if i % len(GENERATORS) == 0 and r.random() < 0.5:
-            gen = r.choice(GENERATORS)
+        gen = g_long_echo if i % 500 == 499 and only is None else generators[i % len(generators)]
+        if i % len(generators) == 0 and r.random() < 0.5:
+            gen = r.choice(generators)
         sock.send_multipart(gen(r))
         counts[gen.__name__] = counts.get(gen.__name__, 0) + 1
+        counts["sent"] = i + 1
         if i % 64 == 63:
             drain()
     deadline = time.monotonic() + 10
@@ -182,10 +184,30 @@ def hostile(endpoint: str, n: int, seed: int, counts: dict) -> None:
     sock.close(0)
 
 
+WARMUP_FRACTION = 0.1
+
+
+def rss_after_warmup(samples: list[tuple[int, int]], n: int) -> tuple[int, float]:
+    """RSS once every generator has run many times, and the least-squares growth after it.
+
+    The allocator keeps arenas it grew for the first large refused messages, and the good run's
+    per-frame bookkeeping grows with its frames: a one-off step then flat is not a leak, a slope is.
+    """
+    late = [(m, rss) for m, rss in samples if m >= WARMUP_FRACTION * n] or samples[-1:]
+    if len(late) < 2:
+        return late[0][1], 0.0
+    xs = np.array([m for m, _ in late], float)
+    ys = np.array([rss for _, rss in late], float) / 2**20
+    slope = float(np.polyfit(xs, ys, 1)[0]) * 10_000 if np.ptp(xs) > 0 else 0.0
+    return late[0][1], slope
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--messages", type=int, default=100_000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--only", choices=[g.__name__[2:] for g in GENERATORS],
+                    help="one generator alone (to find which input a memory step comes from)")
     args = ap.parse_args()
 
     import zarr
@@ -219,14 +241,17 @@ def main() -> None:
         while sender.counters().unacked:
             time.sleep(0.01)
         rss0, threads0 = dp.memory_info().rss, dp.num_threads()
-        counts = {"replies": 0}
+        counts = {"replies": 0, "sent": 0}
+        samples: list[tuple[int, int]] = []  # (hostile messages sent, daemon RSS)
         t0 = time.perf_counter()
-        attacker = threading.Thread(target=hostile, args=(endpoint, args.messages, args.seed, counts))
+        attacker = threading.Thread(target=hostile, args=(endpoint, args.messages, args.seed, counts, args.only))
         attacker.start()
         n_good = 50
         while attacker.is_alive():
             sender.submit(frames[n_good % 16].copy(), FrameIndex(t=n_good))
             n_good += 1
+            if n_good % 20 == 0:
+                samples.append((counts["sent"], dp.memory_info().rss))
             time.sleep(0.005)
         attacker.join()
         elapsed = time.perf_counter() - t0
@@ -246,13 +271,16 @@ def main() -> None:
     print(f"hostile: {args.messages} messages in {elapsed:.1f} s ({args.messages / elapsed:.0f}/s), "
           f"{counts['replies']} replies; per generator: "
           + ", ".join(f"{k[2:]} {v}" for k, v in sorted(counts.items()) if k.startswith("g_")))
+    warm_rss, slope = rss_after_warmup(samples, args.messages)
     print(f"daemon RSS {rss0 / 2**20:.0f} -> {rss1 / 2**20:.0f} MiB, threads {threads0} -> {threads1}, "
           f"alive {alive}, exit {code}")
+    print(f"daemon RSS after the first {WARMUP_FRACTION:.0%} of messages {warm_rss / 2**20:.0f} MiB; "
+          f"growth over the rest {slope:+.2f} MiB per 10,000 messages")
     print(f"good client: {n_good} frames, acked {report.acked}, rejected {report.rejected}, "
           f"stored {runs['good']['frames_written']}, intact {intact}")
     print(f"hostile stored: {hostile_stored} frames beyond setup, stray runs {stray}")
     ok = alive and intact == n_good == runs["good"]["frames_written"] and hostile_stored == 0 and not stray
-    print(f"fuzz: {rss1 / rss0:.2f} RSS after/before, threads {threads0}->{threads1}, good {intact}/{n_good} "
+    print(f"fuzz: {rss1 / warm_rss:.2f} RSS end/after-warm-up ({rss1 / rss0:.2f} end/start), threads {threads0}->{threads1}, good {intact}/{n_good} "
           f"intact, hostile stored {hostile_stored}, {'OK' if ok else 'FAILED'}")
     shutil.rmtree(tmp, ignore_errors=True)
     raise SystemExit(0 if ok else 1)

@@ -1,6 +1,7 @@
 """Kill-and-restart soak: a real hook against a `lowdose serve` that is SIGKILLed again and again.
 
     python benchmarks/soak.py [--frames 10000] [--kills 20] [--rate 150] [--size 64] [--seed 1]
+                              [--layout sharded|chunk_per_frame] [--shard-frames N]
 
 A `lowdose serve` subprocess (identity denoiser, temporary directories, the shipped timeouts and
 fsync) is fed by a real :class:`FrameSender` with ``--frames`` frames whose pixels are derived from
@@ -12,6 +13,8 @@ resumed the run (during its start-up), and the last one right after the hook hea
 * lost: seqs below the end with no record in ``frames.jsonl`` (or whose chunk is missing);
 * duplicated: seqs recorded more than once (writes are idempotent by seq, rule 2);
 * corrupted: raw frames not bit-identical to what was sent;
+* index mismatches (sharded stores): shard index entries that are not where the records say the frame's
+  bytes are, or that name a frame no record names (the index after recovery must match the data);
 * restored: frames the summary counts as restored; finalized: the summary is there;
 * spool: frames left in the hook's spool (rule 2: it must end empty).
 
@@ -61,6 +64,7 @@ class SoakResult:
     lost: int
     duplicated: int
     corrupted: int
+    index_mismatches: int  # shard index entries that disagree with the records (sharded stores)
     restored: int
     finalized: bool
     spooled: int
@@ -74,11 +78,13 @@ class SoakResult:
     @property
     def ok(self) -> bool:
         return (self.intact == self.sent and self.lost == self.duplicated == self.corrupted == 0
+                and self.index_mismatches == 0
                 and self.restored == self.sent and self.finalized and self.spooled == 0)
 
     def line(self) -> str:
         return (f"soak: {self.intact}/{self.sent} intact ({self.intact / max(1, self.sent):.4f}), "
                 f"lost {self.lost}, duplicated {self.duplicated}, corrupted {self.corrupted}, "
+                f"index mismatches {self.index_mismatches}, "
                 f"restored {self.restored}, finalized {'yes' if self.finalized else 'NO'}, "
                 f"spool {self.spooled}, kills {self.kills} ({self.kills_during_resume} during resume, "
                 f"{'one' if self.kill_after_end_ack else 'none'} after the end ack), "
@@ -88,7 +94,7 @@ class SoakResult:
 class _Daemons:
     """The daemon of the moment: started, killed and restarted, each with its own log."""
 
-    def __init__(self, work: Path, rng: random.Random, pauses: tuple[float, float]):
+    def __init__(self, work: Path, rng: random.Random, pauses: tuple[float, float], storage: dict | None = None):
         self.work = work
         self.rng = rng
         self.pauses = pauses
@@ -97,7 +103,7 @@ class _Daemons:
         self.output = work / "data"
         self.config.write_text(yaml.safe_dump({
             "server": {"endpoints": [self.endpoint], "preview_endpoint": None},
-            "storage": {"output_dir": str(self.output)},
+            "storage": {"output_dir": str(self.output), **(storage or {})},
             "restore": {"denoiser": "identity"},
         }))
         self.n = 0
@@ -142,13 +148,14 @@ class _Daemons:
 
 def soak(frames: int = 10_000, kills: int = 20, *, rate: float = 150.0, size: int = 64, seed: int = 1,
          pauses: tuple[float, float] = RESTART_PAUSE_S, finish_timeout: float = 600.0,
-         finalize_timeout: float = 120.0, work: Path | None = None) -> SoakResult:
-    """Run the soak (module docstring); ``pauses`` bound the time between a kill and the next start."""
+         finalize_timeout: float = 120.0, work: Path | None = None, storage: dict | None = None) -> SoakResult:
+    """Run the soak (module docstring); ``pauses`` bound the time between a kill and the next start;
+    ``storage``: keys of the config's storage section (``layout``, ``shard_frames``)."""
     rng = random.Random(seed)
     own_work = work is None
     work = Path(tempfile.mkdtemp(prefix="lowdose-soak-")) if work is None else work
     t0 = time.monotonic()
-    daemons = _Daemons(work, rng, pauses)
+    daemons = _Daemons(work, rng, pauses, storage)
     run = f"soak-{seed}"
     notes: list[str] = []
     try:
@@ -161,10 +168,12 @@ def soak(frames: int = 10_000, kills: int = 20, *, rate: float = 150.0, size: in
                                     daemon=True)
         sender.start()
         producer.start()
-        # spread the kills over the acquisition; the last one waits for the end ack
-        gap = frames / rate / max(1, kills)
+        # spread the kills over the acquisition; the last one waits for the end ack. The gap is
+        # drawn from the time left, since each restart itself takes seconds of it.
+        acquisition_ends = time.monotonic() + frames / rate
         while daemons.kills < kills - 1 and producer.is_alive():
-            producer.join(rng.uniform(0.2, 2 * gap))
+            gap = max(0.2, (acquisition_ends - time.monotonic()) / max(1, kills - 1 - daemons.kills))
+            producer.join(rng.uniform(0.1, 1.2 * gap))
             if producer.is_alive():
                 # the first kill always hits a start-up, the others at random
                 resume = (daemons.kills == 0 or rng.random() < 0.3) and daemons.kills < kills - 2
@@ -219,10 +228,35 @@ def _attrs(store: Path) -> dict:
         return {}
 
 
+def _records(store: Path) -> Path:
+    """The store's frames.jsonl: in lowdose/records/, or where stores before it kept it."""
+    new = store / "lowdose" / "records" / "frames.jsonl"
+    return new if new.exists() else store / "lowdose" / "frames.jsonl"
+
+
+def shard_index_mismatches(store: Path, recs: list[dict]) -> int:
+    """Frames whose shard index entry is not where their (last) record says their bytes are; 0 unsharded."""
+    storage = _attrs(store).get("storage") or {}
+    if storage.get("layout") != "sharded":
+        return 0
+    n = int(storage["shard_frames"])
+    last = {(r["t"], r["c"], r["z"]): r["at"] for r in recs if r.get("p", 0) == 0}
+    bad = 0
+    indexes: dict[Path, np.ndarray] = {}
+    for (t, c, z), at in last.items():
+        path = store / "raw" / "0" / "c" / str(t // n) / str(c) / str(z) / "0" / "0"
+        if path not in indexes:
+            indexes[path] = np.frombuffer(path.read_bytes()[: 16 * n], "<u8").reshape(n, 2)
+        bad += indexes[path][t % n].tolist() != list(at)
+    # and no entry names a frame that has no record
+    named = sum(int((ix[:, 1] != 2**64 - 1).sum()) for ix in indexes.values())
+    return bad + max(0, named - len(last))
+
+
 def _verify(store: Path, frames: int, size: int, spool: Path) -> dict:
-    """What the store alone says: records, chunks (read with zarr-python), summary; and the spool."""
+    """What the store alone says: records, chunks (read with zarr-python), shard indexes, summary; the spool."""
     notes: list[str] = []
-    recs = [json.loads(line) for line in (store / "lowdose" / "frames.jsonl").read_text().splitlines() if line]
+    recs = [json.loads(line) for line in _records(store).read_text().splitlines() if line]
     per_seq = Counter(r["seq"] for r in recs)
     at = {r["seq"]: r["t"] for r in recs}
     raw = zarr.open_array(str(store / "raw" / "0"), mode="r")
@@ -237,11 +271,15 @@ def _verify(store: Path, frames: int, size: int, spool: Path) -> dict:
         else:
             corrupted += 1
     duplicated = sum(n - 1 for n in per_seq.values() if n > 1)
+    mismatched = shard_index_mismatches(store, recs)
+    if mismatched:
+        notes.append(f"{mismatched} shard index entries disagree with the records")
     summary = _attrs(store).get("summary") or {}
     if summary.get("missing_seq_count"):
         notes.append(f"summary: {summary['missing_seq_count']} seqs missing")
     spooled = sum(1 for p in spool.rglob("*") if p.is_file()) if spool.exists() else 0
     return {"intact": intact, "lost": lost, "duplicated": duplicated, "corrupted": corrupted,
+            "index_mismatches": mismatched,
             "restored": int(summary.get("frames_restored", 0)), "spooled": spooled, "notes": notes}
 
 
@@ -252,8 +290,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate", type=float, default=150.0, help="frames per second the hook submits")
     ap.add_argument("--size", type=int, default=64, help="frames are size x size uint16")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--layout", choices=["sharded", "chunk_per_frame"], default=None, help="storage.layout")
+    ap.add_argument("--shard-frames", type=int, default=None, help="storage.shard_frames")
     args = ap.parse_args(argv)
-    result = soak(args.frames, args.kills, rate=args.rate, size=args.size, seed=args.seed)
+    storage = {k: v for k, v in (("layout", args.layout), ("shard_frames", args.shard_frames)) if v is not None}
+    result = soak(args.frames, args.kills, rate=args.rate, size=args.size, seed=args.seed, storage=storage)
     for note in result.notes:
         print(f"note: {note}")
     print(result.line())

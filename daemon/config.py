@@ -18,6 +18,7 @@ from pydantic import Field, ValidationError, field_validator
 
 from lowdose.wire.hook_config import ConfigSection, HookConfig, check_endpoint
 
+from .dashboard.config import DashboardConfig
 from .store.config import StorageConfig
 
 
@@ -64,6 +65,25 @@ class RestoreConfig(ConfigSection):
     queue_frames: int = Field(32, ge=1)
     backfill: bool = True
     store_uncertainty: bool = True
+    # online adaptation to the run's own frames (denoisers that can: unet, n2v, their checkpoints)
+    adapt: bool = False
+    adapt_threads: int = Field(1, ge=1, le=256)
+    adapt_cpu_share: float = Field(0.5, gt=0, le=1)
+    adapt_steps_per_version: int = Field(100, ge=1)
+    adapt_max_steps: int = Field(2000, ge=1)
+    adapt_final_s: float = Field(30.0, ge=0)
+    adapt_frames: int = Field(16, ge=2, le=1024)
+    adapt_redo: bool = True
+    adapt_options: dict[str, Any] = Field(default_factory=dict)
+
+    def adapt_settings(self, run: str) -> dict[str, Any]:
+        """Keyword arguments of a denoiser's ``start_adaptation`` for run ``run``."""
+        return {
+            "threads": self.adapt_threads, "cpu_share": self.adapt_cpu_share,
+            "steps_per_version": self.adapt_steps_per_version, "max_steps": self.adapt_max_steps,
+            "final_s": self.adapt_final_s, "frames": self.adapt_frames, "options": dict(self.adapt_options),
+            "run": run,
+        }
 
 
 class MetricsConfig(ConfigSection):
@@ -76,6 +96,7 @@ class LowdoseConfig(ConfigSection):
     storage: StorageConfig = StorageConfig()
     restore: RestoreConfig = RestoreConfig()
     metrics: MetricsConfig = MetricsConfig()
+    dashboard: DashboardConfig = DashboardConfig()
     hook: HookConfig = HookConfig()
 
 
@@ -101,7 +122,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{where} must be a YAML mapping of sections (server, storage, restore, metrics, hook)")
+        raise ConfigError(f"{where} must be a YAML mapping of sections (server, storage, restore, metrics, dashboard, hook)")
     for dotted, value in (overrides or {}).items():
         node = data
         *parents, leaf = dotted.split(".")
@@ -124,6 +145,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
 __all__ = [
     "ConfigError",
     "CurveConfig",
+    "DashboardConfig",
     "HookConfig",
     "LowdoseConfig",
     "MetricsConfig",

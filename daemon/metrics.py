@@ -113,6 +113,9 @@ class LagTracker:
         return float(np.percentile(arr, 50)), float(np.percentile(arr, 95))
 
 
+RESTORE_MODES = ("live", "backfill")  # the ``mode`` label of lowdose_frames_restored (a scheduler Batch's mode)
+
+
 class DaemonMetrics:
     """Prometheus instruments of one daemon."""
 
@@ -142,5 +145,21 @@ class DaemonMetrics:
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
         )
 
+    def forget_run(self, run: str) -> None:
+        """Drop a run's label sets: one per run ever served would grow a months-long daemon's memory
+        and every scrape. Called when the run's record leaves the registry, so the numbers stay
+        scrapable as long as `lowdose status` still shows the run."""
+        for counter in (self.frames_received, self.frames_written, self.frames_skipped, self.frames_failed):
+            _remove(counter, run)
+        for mode in RESTORE_MODES:
+            _remove(self.frames_restored, run, mode)
+
     def serve_http(self, port: int, address: str) -> None:
         start_http_server(port, addr=address, registry=self.registry)
+
+
+def _remove(metric, *labels: str) -> None:
+    try:
+        metric.remove(*labels)
+    except KeyError:  # never counted for this run: nothing to drop
+        pass

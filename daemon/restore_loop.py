@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from contextlib import nullcontext
 from typing import Callable
 
 import numpy as np
@@ -22,7 +23,9 @@ import zmq
 
 from lowdose.plugins.denoisers.interface import Denoiser
 
+from .adapting import RunAdaptations
 from .config import RestoreConfig, ServerConfig
+from .dashboard.mailbox import PreviewMailbox
 from .metrics import DaemonMetrics
 from lowdose.wire.protocol import Preview, encode
 from .phase import RunPhase
@@ -48,6 +51,7 @@ class RestoreLoop(LoopThread):
         restore_cfg: RestoreConfig,
         server_cfg: ServerConfig,
         idle_close_s: float = 300.0,
+        previews: PreviewMailbox | None = None,
     ):
         super().__init__(name="lowdose-restore", role="restore loop")
         self.ctx = ctx
@@ -58,12 +62,14 @@ class RestoreLoop(LoopThread):
         self.cfg = restore_cfg
         self.server_cfg = server_cfg
         self.idle_close_s = idle_close_s
+        self.previews = previews
         self.stopping = threading.Event()
         self.ready = threading.Event()
         self.denoiser: Denoiser | None = None
         self.startup_error: BaseException | None = None
         self._failures: dict[str, int] = {}
         self._backfill_turn = 0
+        self.adaptations = RunAdaptations(restore_cfg) if restore_cfg.adapt else None
 
     def loop(self) -> None:
         try:
@@ -91,6 +97,8 @@ class RestoreLoop(LoopThread):
                     continue
                 self._restore(batch, pub)
         finally:
+            if self.adaptations is not None:
+                self.adaptations.close_all()
             if pub is not None:
                 pub.close(linger=0)
 
@@ -106,6 +114,8 @@ class RestoreLoop(LoopThread):
         for k in range(len(candidates)):
             state = candidates[(self._backfill_turn + k) % len(candidates)]
             todo = state.store.unrestored(limit=self.scheduler.batch_size)
+            if not todo and self.adaptations is not None:
+                todo = self.adaptations.redo_batch(state, self.scheduler.batch_size)
             if not todo:
                 continue
             self._backfill_turn += k + 1
@@ -124,6 +134,9 @@ class RestoreLoop(LoopThread):
             gave_up = self._failures.get(state.run, 0) >= MAX_CONSECUTIVE_FAILURES
             if self.cfg.backfill and not gave_up and state.store.unrestored_count():
                 continue
+            if self.adaptations is not None and not gave_up and self.denoiser is not None \
+                    and not self.adaptations.settled(state, self.denoiser):
+                continue
             self.finalize(state)
 
     def finalize(self, state: RunState) -> None:
@@ -137,7 +150,10 @@ class RestoreLoop(LoopThread):
             state.store.close()
             record = FinishedRun.of(state, frames_skipped=self.scheduler.skipped(state.run))
         self.scheduler.remove_run(state.run)
-        self.runs.retire(record)
+        for forgotten in self.runs.retire(record):
+            self.metrics.forget_run(forgotten)
+        if self.adaptations is not None:
+            self.adaptations.close(state.run)
         self._failures.pop(state.run, None)
         self.metrics.active_runs.set(len(self.runs.active()))
         log.info("run %s finished: %s", state.run, state.store.path)
@@ -170,10 +186,12 @@ class RestoreLoop(LoopThread):
             if not items:
                 return
             batch = Batch(run=batch.run, items=items, mode=batch.mode)
+        denoiser = self.denoiser if self.adaptations is None else self.adaptations.denoiser_for(state, self.denoiser)
         t0 = time.perf_counter()
         try:
-            result = restore_into_store(state.store, self.denoiser, [(it.index, it.pixels) for it in batch.items],
-                                        batch.mode, keep_uncertainty=self.cfg.store_uncertainty)
+            with self.adaptations.restoring() if self.adaptations is not None else nullcontext():
+                result = restore_into_store(state.store, denoiser, [(it.index, it.pixels) for it in batch.items],
+                                            batch.mode, keep_uncertainty=self.cfg.store_uncertainty)
         except Exception as exc:  # a model or disk failure must not kill the loop
             n = self._failures[state.run] = self._failures.get(state.run, 0) + 1
             state.counters.frames_failed += len(batch.items)
@@ -182,6 +200,8 @@ class RestoreLoop(LoopThread):
             return
         self._failures[state.run] = 0
         elapsed = time.perf_counter() - t0
+        if self.adaptations is not None:
+            self.adaptations.after_restore(state, batch.items, denoiser)
         self.metrics.inference_seconds.observe(elapsed)
         self.metrics.batch_size.observe(len(batch.items))
         now = time.monotonic()
@@ -198,6 +218,10 @@ class RestoreLoop(LoopThread):
         state.counters.frames_skipped = self.scheduler.skipped(state.run)
         state.counters.restore_queue = self.scheduler.pending(state.run)
         self.metrics.restore_queue.set(self.scheduler.pending())
+        if self.previews is not None:  # the newest of the batch, by reference: the dashboard renders it
+            last = batch.items[-1]
+            unc = None if result.uncertainty is None else result.uncertainty[-1]
+            self.previews.offer_restored(state.run, last.index, last.pixels, result.frames[-1], unc, batch.mode)
         if pub is not None:
             self._publish(pub, state, batch, result.frames)
 

@@ -192,9 +192,11 @@ class RunRegistry:
     def active(self) -> list[RunState]:
         return [r for r in self.all() if not r.finished]  # type: ignore[misc]
 
-    def retire(self, record: FinishedRun) -> None:
+    def retire(self, record: FinishedRun) -> list[str]:
         """A finished run's store is closed: keep only its record, and only the newest ``keep_finished``
-        of those, so a daemon that served thousands of runs holds no more than it did after the first."""
+        of those, so a daemon that served thousands of runs holds no more than it did after the first.
+        Returns the runs forgotten now, whose per-run counters the caller drops too."""
+        dropped = []
         with self._lock:
             self._runs[record.run] = record
             self._finished[record.run] = None
@@ -202,3 +204,5 @@ class RunRegistry:
             while len(self._finished) > self._keep_finished:
                 old, _ = self._finished.popitem(last=False)
                 self._runs.pop(old, None)
+                dropped.append(old)
+        return dropped

@@ -30,6 +30,7 @@ from lowdose.plugins.denoisers.interface import Denoiser
 from lowdose.plugins.denoisers.registry import create_denoiser, resolve_device
 
 from .config import LowdoseConfig
+from .dashboard import Dashboard, PreviewMailbox, start_dashboard
 from .metrics import DaemonMetrics, RunCounters
 from lowdose.wire.protocol import (
     Ack,
@@ -52,6 +53,7 @@ from .resume import reopen_if_idle, resume_unfinished
 from .restore_loop import RestoreLoop
 from .runs import FinishedRun, RunRegistry, RunState
 from .scheduler import Scheduler
+from .status import status_reply
 from .sockets import DaemonError, bind_router
 from .supervisor import DaemonFailed, LoopDeath, LoopThread, Supervisor
 from .write_loop import EndReceived, Received, WriteLoop
@@ -100,6 +102,8 @@ class Daemon:
         self.failure: LoopDeath | None = None  # set once a loop died: the daemon no longer answers
         self.failed = threading.Event()
         self._run_cz: dict[str, tuple[int, int]] = {}  # run -> (C, Z) its frames reached: see _frame_refusal
+        self.previews = PreviewMailbox()  # newest frames, offered by the loops, rendered by the dashboard
+        self.dashboard: Dashboard | None = None
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -114,6 +118,7 @@ class Daemon:
             restore_cfg=self.cfg.restore,
             server_cfg=self.cfg.server,
             idle_close_s=self.cfg.storage.idle_close_s,
+            previews=self.previews,
         )
         self.restore_loop.start()
         self.restore_loop.ready.wait()
@@ -141,10 +146,12 @@ class Daemon:
             scheduler=self.scheduler,
             metrics=self.metrics,
             daemon_id=self.id,
+            previews=self.previews,
         )
         self.write_loop.start()
         if self.cfg.metrics.port:
             self.metrics.serve_http(self.cfg.metrics.port, self.cfg.metrics.address)
+        self.dashboard = start_dashboard(self.cfg.dashboard, self.status, self.previews)
         self._io_thread = LoopThread(name="lowdose-io", role="I/O thread", target=self._io_loop)
         self._io_thread.start()
         self.supervisor.watch(self.restore_loop, self.write_loop, self._io_thread)
@@ -162,6 +169,8 @@ class Daemon:
         """Stop receiving, write everything already received, finish the current batch."""
         self.supervisor.stop()  # loops that end from here on were asked to
         self._stop.set()
+        if self.dashboard is not None:
+            self.dashboard.stop()
         if self._io_thread is not None:
             self._io_thread.join(timeout)
         if self.write_loop is not None:
@@ -233,7 +242,7 @@ class Daemon:
                         parts = self._router.recv_multipart(zmq.NOBLOCK, copy=False)
                     except zmq.Again:
                         break
-                    self._peer_key = self._client_key(parts[0])
+                    self._peer_key = client_key(self._auth, parts[0])
                     self._handle(parts[0].bytes, parts[1:])
         if self.failed.is_set():
             # Silence, at once: a hook that still hears us would wait for acks that never come
@@ -241,15 +250,6 @@ class Daemon:
             self._router.close(linger=0)
             return
         self._forward_replies()
-
-    def _client_key(self, part: zmq.Frame) -> str | None:
-        """The CURVE public key (Z85) the ZAP handler authenticated this message's peer with, or None."""
-        if self._auth is None:
-            return None
-        try:
-            return part.get("User-Id")
-        except zmq.ZMQError:
-            return None
 
     def _forward_replies(self) -> None:
         assert self._router is not None and self._pull is not None
@@ -446,24 +446,20 @@ class Daemon:
 
     # -- status -----------------------------------------------------------------------
 
+    def write_queue_frames(self) -> int:
+        return self._inbox.qsize()
+
     def status(self) -> dict:
-        runs = [
-            state.snapshot(restore_queue=self.scheduler.pending(state.run),
-                           frames_skipped=self.scheduler.skipped(state.run)).as_dict()
-            for state in self.runs.all()
-        ]
-        info = self.restore_loop.denoiser.info if self.restore_loop and self.restore_loop.denoiser else None
-        return {
-            "daemon": self.id,
-            "version": __version__,
-            "uptime_s": time.time() - self.started_at,
-            "endpoints": self.cfg.server.endpoints,
-            "denoiser": None if info is None else {"name": info.name, "version": info.version, "device": info.device},
-            "policy": self.cfg.restore.policy,
-            "write_queue": self._inbox.qsize(),
-            "restore_queue": self.scheduler.pending(),
-            "runs": runs,
-        }
+        return status_reply(self)
+
+def client_key(auth, part: zmq.Frame) -> str | None:
+    """The CURVE public key (Z85) the ZAP handler authenticated this message's peer with, or None."""
+    if auth is None:
+        return None
+    try:
+        return part.get("User-Id")
+    except zmq.ZMQError:
+        return None
 
 
 def serve(cfg: LowdoseConfig, *, ready: Callable[[Daemon], None] | None = None) -> None:

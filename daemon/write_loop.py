@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import zmq
 
+from .dashboard.mailbox import PreviewMailbox
 from .metrics import DaemonMetrics
 from .outbox import OutboxWriter
 from lowdose.wire.protocol import Ack, End, Error, ErrorCode, Frame, ranges_from_seqs
@@ -60,6 +61,7 @@ class WriteLoop(LoopThread):
         scheduler: Scheduler,
         metrics: DaemonMetrics,
         daemon_id: str,
+        previews: PreviewMailbox | None = None,
     ):
         super().__init__(name="lowdose-write", role="write loop")
         self.ctx = ctx
@@ -69,6 +71,7 @@ class WriteLoop(LoopThread):
         self.scheduler = scheduler
         self.metrics = metrics
         self.daemon_id = daemon_id
+        self.previews = previews
         self.stopping = threading.Event()
 
     def loop(self) -> None:
@@ -141,6 +144,8 @@ class WriteLoop(LoopThread):
         state.counters.frames_duplicate += len(batch) - len(new)
         self.metrics.frames_written.labels(state.run).inc(len(new))
         outbox.send(state.identity, Ack(run=state.run, ranges=ranges_from_seqs(stored), daemon=self.daemon_id))
+        if new and self.previews is not None:  # a reference to the newest frame, no copy (rule 1)
+            self.previews.offer_raw(state.run, new[-1].frame.index, new[-1].pixels)
         for r in new:
             self.scheduler.offer(
                 LiveItem(run=state.run, seq=r.frame.seq, index=r.frame.index, pixels=r.pixels, received_at=r.received_at)

@@ -89,8 +89,14 @@ def serve(
     from lowdose.daemon.supervisor import EX_SOFTWARE
 
     _setup_logging(verbose)
+
+    def announce(daemon) -> None:
+        if daemon.dashboard is not None:
+            hint = "  (with ?token= and dashboard.token)" if cfg.dashboard.token else ""
+            out().print(escape(f"dashboard: {daemon.dashboard.url}{hint}"), soft_wrap=True)
+
     try:
-        run_daemon(cfg)
+        run_daemon(cfg, ready=announce)
     except DaemonError as exc:
         # 1, not the user-error 2: a taken endpoint or a busy GPU may clear, so a service manager retries
         print_error(str(exc))
@@ -110,23 +116,61 @@ def status(
     watch: bool = typer.Option(False, "--watch", "-w", help="keep the view live until Ctrl-C"),
     interval: float = typer.Option(1.0, min=0.05, help="seconds between refreshes with --watch"),
     count: Optional[int] = typer.Option(None, min=1, hidden=True, help="stop --watch after this many refreshes"),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="draw a run's raw | restored frame beside its "
+                                        "throughput and lag over time into this PNG"),
+    run: Optional[str] = typer.Option(None, "--run", help="the run --plot draws (default: the newest)"),
 ) -> None:
     """Ask a running daemon for its runs: frames received/written/restored (live + backfill), queues, lag, fps."""
     from lowdose import status_view
     from lowdose.daemon.client import query_status
 
-    target = _check_endpoint(endpoint) if endpoint else _load(config).hook.endpoint
+    from lowdose.daemon.client import DaemonUnreachable
+    from lowdose.plugins.acquisition.spool import summarize
+
+    hook = _load(config).hook
+    target = _check_endpoint(endpoint) if endpoint else hook.endpoint
     con = out()
     if watch:
         if as_json:
             raise UserError("--watch and --json do not go together; poll `lowdose status --json` instead")
-        status_view.watch(con, target, timeout=timeout, interval=interval, count=count)
+        status_view.watch(con, target, timeout=timeout, interval=interval, count=count, spool_dir=hook.spool_dir)
         return
-    st = query_status(target, timeout=timeout)
+    # The spool is on this machine, the daemon may be elsewhere or down: frames waiting here are worth
+    # saying even (most of all) when no daemon answers.
+    spools = summarize(hook.spool_dir)
+    try:
+        st = query_status(target, timeout=timeout)
+    except DaemonUnreachable:
+        if not as_json:
+            status_view.print_spools(con, spools, hook.spool_dir)
+        raise
+    if plot is not None:
+        _plot_status(st, plot, run)
+        return
     if as_json:
+        st["local_spools"] = [status_view.spool_json(s) for s in spools]
         con.print_json(json.dumps(st))
         return
     status_view.print_once(con, st, target)
+    status_view.print_spools(con, spools, hook.spool_dir)
+
+
+def _plot_status(st: dict, plot: Path, run: Optional[str]) -> None:
+    from lowdose.run_plot import plot_run
+
+    if plot.suffix.lower() != ".png":
+        raise UserError(f"--plot writes a PNG: give a name ending in .png, not {plot.name!r}")
+    runs = st.get("runs", [])
+    if not runs:
+        raise UserError("the daemon has no run to plot yet; start an acquisition first")
+    chosen = runs[-1] if run is None else next((r for r in runs if r["run"] == run), None)
+    if chosen is None:
+        raise UserError(f"the daemon has no run {run!r}; it has {', '.join(r['run'] for r in runs)}")
+    try:
+        t = plot_run(Path(chosen["store"]), plot)
+    except (LookupError, OSError) as exc:
+        raise UserError(f"cannot plot run {chosen['run']!r}: {exc}") from None
+    out().print(escape(f"{plot}: run {chosen['run']}, raw | restored at t={t}, throughput and lag over time"))
 
 
 @app.command()
@@ -140,6 +184,8 @@ def demo(
     interval_ms: float = typer.Option(0.0, help="time between frames (0: as fast as the camera)"),
     exposure_ms: float = typer.Option(10.0, help="simulated exposure"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing store"),
+    dashboard_port: int = typer.Option(5573, min=0, max=65535, help="the daemon's web dashboard port (0: none)"),
+    hold: float = typer.Option(0.0, min=0, help="seconds to keep the daemon and its dashboard up after the run"),
 ) -> None:
     """Simulated low-light time-lapse on a real MMCore, denoised live into OME-Zarr, with a summary and a picture."""
     from lowdose.demo import DemoOptions, run_demo
@@ -148,9 +194,29 @@ def demo(
         raise UserError(f"--policy must be fifo or latest, not {policy!r}")
     opts = DemoOptions(
         frames=frames, output=output, size=size, peak_photons=photons, denoiser=denoiser, policy=policy,
-        interval_ms=interval_ms, exposure_ms=exposure_ms, overwrite=overwrite,
+        interval_ms=interval_ms, exposure_ms=exposure_ms, overwrite=overwrite, dashboard_port=dashboard_port,
+        hold_s=hold,
     )
     run_demo(opts, console=out())
+
+
+@app.command()
+def view(
+    store: Path = typer.Argument(..., help="a run store, <run>.ome.zarr"),
+) -> None:
+    """Open a run store in napari: raw, restored and uncertainty as layers (needs lowdose[napari])."""
+    from lowdose.napari.reader import is_lowdose_store
+
+    if not is_lowdose_store(store):
+        raise UserError(f"{store} is not a lowdose run store; give the path of a <run>.ome.zarr")
+    try:
+        import napari
+    except ImportError:
+        raise UserError('napari is not installed: pip install "lowdose[napari]"') from None
+    viewer = napari.Viewer(title=f"lowdose: {store.name}")
+    viewer.open(str(store), plugin="lowdose")
+    viewer.window.add_plugin_dock_widget("lowdose", "lowdose live")
+    napari.run()
 
 
 @app.command()
@@ -333,6 +399,17 @@ def _mount_train() -> None:
 
 
 _mount_train()
+
+
+def _mount_adapt() -> None:
+    try:
+        from lowdose.models.adapt_cli import adapt_command
+    except ImportError:
+        return
+    app.command("adapt")(adapt_command)
+
+
+_mount_adapt()
 
 
 if __name__ == "__main__":

@@ -51,6 +51,8 @@ class DemoOptions:
     gain: float = 1.0
     read_noise: float = 1.5
     seed: int = 0
+    dashboard_port: int = 5573  # 0: no dashboard
+    hold_s: float = 0.0  # keep the daemon (and its dashboard) up this long after the run
 
 
 @dataclass(frozen=True)
@@ -155,7 +157,7 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> DemoResult:
     store_path = _fresh_store_path(opts)
     log_path = store_path.with_name(store_path.name[: -len(STORE_SUFFIX)] + ".daemon.log")
     work = Path(tempfile.mkdtemp(prefix="lowdose-demo-"))
-    config_path, cfg = _demo_config(work, store_path.parent, denoiser, opts.policy)
+    config_path, cfg = _demo_config(work, store_path.parent, denoiser, opts.policy, opts.dashboard_port)
 
     console.print("[bold]lowdose demo[/bold]: " + escape(
         f"{opts.frames} frames of {opts.size}x{opts.size}, {opts.peak_photons:g} photons/pixel at the brightest, "
@@ -171,7 +173,9 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> DemoResult:
                 read_noise=opts.read_noise, seed=opts.seed, exposure_ms=opts.exposure_ms,
             )
         atexit.register(close_core, core)
+        _announce_dashboard(console, opts.dashboard_port, log_path)
         acquired, report, run_status = _acquire_and_restore(core, camera, cfg, store_path, opts, console, daemon)
+        _hold(console, opts.hold_s)
     finally:
         code = daemon.stop()
         if core is not None:
@@ -186,6 +190,32 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> DemoResult:
     result = replace(result, daemon_log=log_path)
     _print_summary(console, result, run_status, report)
     return result
+
+
+def _announce_dashboard(console: Console, port: int, log_path: Path) -> None:
+    """Print the dashboard's address, once it answers (a taken port leaves the demo without one)."""
+    if not port:
+        return
+    import urllib.request
+
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        urllib.request.urlopen(url + "api/daemon", timeout=5).close()
+    except OSError as exc:
+        console.print(escape(f"dashboard: none ({exc}); port {port} may be taken: --dashboard-port; "
+                             f"the daemon's log: {log_path}"), style="yellow")
+        return
+    console.print(escape(f"dashboard: {url}"))
+
+
+def _hold(console: Console, seconds: float) -> None:
+    if seconds <= 0:
+        return
+    console.print(escape(f"holding the daemon and its dashboard for {seconds:g} s (Ctrl-C ends it)"))
+    try:
+        time.sleep(seconds)
+    except KeyboardInterrupt:
+        pass
 
 
 def _wait_ready(daemon: DaemonProcess, log_path: Path) -> None:
@@ -230,7 +260,7 @@ def _fresh_store_path(opts: DemoOptions) -> Path:
     return store_path
 
 
-def _demo_config(work: Path, output_dir: Path, denoiser: str, policy: str):
+def _demo_config(work: Path, output_dir: Path, denoiser: str, policy: str, dashboard_port: int = 0):
     """A config.yaml for a private daemon on ipc:// sockets in ``work`` (no port to collide with)."""
     from lowdose.daemon.config import load_config
 
@@ -240,6 +270,7 @@ def _demo_config(work: Path, output_dir: Path, denoiser: str, policy: str):
         "storage": {"output_dir": str(output_dir)},
         "restore": {"denoiser": denoiser, "policy": policy},
         "hook": {"endpoint": endpoint, "spool_dir": str(work / "spool")},
+        "dashboard": {"enabled": bool(dashboard_port), "port": dashboard_port or 5573},
     }
     config_path = work / "config.yaml"
     config_path.write_text(yaml.safe_dump(config))
@@ -311,6 +342,9 @@ def _score(store_path: Path, acquired: _Acquired, camera, opts: DemoOptions, den
         [raw[t_show, 0, 0], restored[t_show, 0, 0], camera.expected_adu_for(sim_frames[t_show])],
         ["raw (low dose)", f"restored ({denoiser})", "truth (noise-free)"],
     )
+    from lowdose.run_plot import add_timeline
+
+    add_timeline(picture, store_path)  # the run's throughput and lag beside the frames
     return DemoResult(
         store=store_path,
         picture=picture,
@@ -344,7 +378,7 @@ def _print_summary(console: Console, r: DemoResult, run_status: dict, report) ->
         rows.append(("daemon log", str(r.daemon_log)))
     console.print(summary_table("lowdose demo: summary", rows))
     store = escape(str(r.store))
-    console.print(f"open it: [cyan]napari --plugin napari-ome-zarr {store}/raw {store}/restored[/cyan]  "
+    console.print(f"open it: [cyan]lowdose view {store}[/cyan] (napari, lowdose[napari])  "
                   f"or  [cyan]zarr.open_group('{store}')['restored/0'][:][/cyan]")
 
 

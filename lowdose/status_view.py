@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -46,16 +47,51 @@ def no_runs(endpoint: str) -> Text:
     return Text(f"no runs yet: the daemon is waiting for a microscope to connect to {endpoint}", style="dim")
 
 
-def store_lines(runs: list[dict]) -> list[Text]:
+def store_lines(runs: list[dict], omitted: int = 0) -> list[Text]:
     """Store paths under the table, whole: a table column would cut them to fit the terminal."""
-    return [Text(f"store of {r['run']}: {r['store']}") for r in runs]
+    lines = [Text(f"store of {r['run']}: {r['store']}") for r in runs]
+    if omitted:
+        lines.append(Text(f"{omitted} older finished runs not shown (the reply keeps within its size limit); "
+                          "their stores are in the daemon's storage.output_dir", style="dim"))
+    return lines
+
+
+def spool_lines(spools: list, spool_dir: Path) -> list[Text]:
+    """One line per run spool with frames in it: how many, why, and the command that sends them."""
+    lines = []
+    for s in spools:
+        age = "" if s.newest_age_s is None else f", newest {_age(s.newest_age_s)} old"
+        lines.append(Text(
+            f"spool of {s.run}: {s.pending} frames waiting ({s.bytes / 2**20:.1f} MiB{age}) in {s.dir}: "
+            f"{s.why()}. Send them with `lowdose replay {spool_dir}`.",
+            style="yellow",
+        ))
+    return lines
+
+
+def spool_json(s) -> dict:
+    return {"run": s.run, "dir": str(s.dir), "pending": s.pending, "rejected": s.rejected, "bytes": s.bytes,
+            "newest_age_s": s.newest_age_s, "ended": s.ended, "why": s.why()}
+
+
+def print_spools(console: Console, spools: list, spool_dir: Path) -> None:
+    for line in spool_lines(spools, spool_dir):
+        console.print(line, soft_wrap=True)
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def view(st: dict, endpoint: str) -> Group:
     runs = st["runs"]
     if not runs:
         return Group(header(st), no_runs(endpoint))
-    return Group(header(st), runs_table(runs), *store_lines(runs))
+    return Group(header(st), runs_table(runs), *store_lines(runs, st.get("runs_omitted", 0)))
 
 
 def print_once(console: Console, st: dict, endpoint: str) -> None:
@@ -65,13 +101,15 @@ def print_once(console: Console, st: dict, endpoint: str) -> None:
         console.print(no_runs(endpoint), soft_wrap=True)
         return
     console.print(runs_table(runs))
-    for line in store_lines(runs):
+    for line in store_lines(runs, st.get("runs_omitted", 0)):
         console.print(line, soft_wrap=True)  # soft: the terminal wraps it, the path stays one copyable line
 
 
-def watch(console: Console, endpoint: str, *, timeout: float, interval: float, count: int | None) -> None:
+def watch(console: Console, endpoint: str, *, timeout: float, interval: float, count: int | None,
+          spool_dir: Path | None = None) -> None:
     """Refresh every ``interval`` s until Ctrl-C (or ``count`` refreshes); an absent daemon is shown, not fatal."""
     from lowdose.daemon.client import DaemonUnreachable, query_status
+    from lowdose.plugins.acquisition.spool import summarize
 
     done = 0
     try:
@@ -81,6 +119,8 @@ def watch(console: Console, endpoint: str, *, timeout: float, interval: float, c
                     body = view(query_status(endpoint, timeout=timeout), endpoint)
                 except DaemonUnreachable as exc:
                     body = Group(Text(f"{exc} (still trying)", style="yellow"))
+                if spool_dir is not None:
+                    body = Group(body, *spool_lines(summarize(spool_dir), spool_dir))
                 footer = Text(f"{time.strftime('%H:%M:%S')}: refreshed every {interval:g} s; Ctrl-C to stop",
                               style="dim")
                 live.update(Group(body, footer), refresh=True)

@@ -74,6 +74,22 @@ class _LearnedBase(BaseDenoiser):
 class NetworkDenoiser(_LearnedBase):
     """One forward pass per frame: the fast UNet and Noise2Void."""
 
+    def network_pair(
+        self, inputs: np.ndarray, targets: np.ndarray, *, offset: float | None, gain: float | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The network's input for ``inputs`` (N, Y, X ADU) and ``targets`` in the units of its output,
+        scaled as the inputs are: what self-supervised adaptation (``models/adapt.py``) trains on, so
+        a change of representation here is a change there too."""
+        scale = normalize.fit_scale(inputs, self.spec, offset, gain)
+        x = torch.from_numpy(normalize.network_input(inputs, scale, self.spec))  # + its noise map, if any
+        return x, torch.from_numpy(normalize.to_unit(targets, scale))[:, None]
+
+    def start_adaptation(self, **settings: Any) -> Any:
+        """Fine-tune a copy of this network on a run's own frames in the background (``restore.adapt``)."""
+        from .online import OnlineAdaptation
+
+        return OnlineAdaptation(self, **settings)
+
     def _restore_float(
         self, frames: np.ndarray, *, offset: float | None, gain: float | None
     ) -> tuple[np.ndarray, np.ndarray | None]:

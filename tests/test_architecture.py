@@ -165,6 +165,37 @@ def test_acquisition_client_never_imports_the_daemon(modules: list[Module]) -> N
     assert not offenders, offenders
 
 
+# What a Windows Micro-Manager PC lacks. Names used behind an ``os.name``/``getattr`` check are fine
+# as strings; a plain attribute access or import is what breaks there.
+POSIX_ONLY_MODULES = {"fcntl", "termios", "pwd", "grp", "resource", "posix", "tty", "pty"}
+POSIX_ONLY_ATTRS = {
+    "os": {"fork", "forkpty", "getuid", "geteuid", "getgid", "setsid", "killpg", "chown", "O_DIRECTORY",
+           "O_NOFOLLOW", "O_DIRECT", "sync", "statvfs", "mkfifo"},
+    "signal": {"SIGKILL", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGALRM", "SIGCHLD", "SIGQUIT", "alarm", "pause"},
+}
+ACQUISITION_SIDE = ("lowdose.plugins.acquisition", "lowdose.wire", "lowdose.acquire", "lowdose.client")
+
+
+def test_acquisition_side_uses_nothing_posix_only(modules: list[Module]) -> None:
+    """Hooks, sender and spool run on the microscope PC, most often Windows."""
+    offenders = []
+    for mod in modules:
+        if not mod.name.startswith(ACQUISITION_SIDE):
+            continue
+        for node in ast.walk(mod.tree):
+            if isinstance(node, ast.Import):
+                names = [a.name.split(".")[0] for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                names = [(node.module or "").split(".")[0]]
+                names += [f"{names[0]}.{a.name}" for a in node.names if a.name in POSIX_ONLY_ATTRS.get(names[0], ())]
+            elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+                names = [f"{node.value.id}.{node.attr}"] if node.attr in POSIX_ONLY_ATTRS.get(node.value.id, ()) else []
+            else:
+                continue
+            offenders += [f"{mod.name}:{node.lineno} {n}" for n in names if n in POSIX_ONLY_MODULES or "." in n]
+    assert not offenders, offenders
+
+
 def _defs(modules: list[Module]):
     for mod in modules:
         for node in ast.walk(mod.tree):

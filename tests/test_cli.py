@@ -3,6 +3,7 @@ progress, whole store paths, a live status, replay, and a demo that tidies up af
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import tempfile
@@ -206,6 +207,30 @@ def test_status_shows_whole_paths_live_and_backfill_and_watches(daemon):
     assert "cells-1" in watched.stdout and "Ctrl-C to stop" in watched.stdout
     gone = invoke("status", "--endpoint", free_tcp_endpoint(), "--watch", "--count", "1", "--timeout", "0.2")
     assert gone.exit_code == 0 and "still trying" in gone.stdout
+
+
+def test_status_says_frames_wait_in_the_spool_and_why(tmp_path, daemon):
+    config = _config_file(tmp_path, daemon)
+    offline = daemon.hook.model_copy(update={"endpoint": free_tcp_endpoint(), "close_timeout_s": 0.3})
+    sender = FrameSender(offline, Start(run="offline-2", shape=(8, 8), dtype="uint16"))
+    sender.start()
+    for t in range(5):
+        sender.submit(np.full((8, 8), t, np.uint16), FrameIndex(t=t))
+    assert sender.close(timeout=0.3).unacked == 5
+
+    down = invoke("status", "--config", config, "--endpoint", offline.endpoint, "--timeout", "0.2")
+    _one_line_error(down, "no lowdose daemon answered")  # still an error: no daemon there ...
+    assert "spool of offline-2: 5 frames waiting" in down.stdout  # ... but the frames waiting here are said
+    assert f"lowdose replay {daemon.hook.spool_dir}" in down.stdout
+
+    up = invoke("status", "--config", config, "--json")
+    assert up.exit_code == 0, up.output
+    (spool,) = json.loads(up.stdout)["local_spools"]
+    assert spool["run"] == "offline-2" and spool["pending"] == 5 and spool["rejected"] == 0 and spool["ended"]
+
+    assert invoke("replay", daemon.hook.spool_dir, "--config", config).exit_code == 0
+    after = invoke("status", "--config", config)
+    assert after.exit_code == 0 and "offline-2" in after.stdout and "waiting" not in after.stdout, after.output
 
 
 def test_acquire_shows_progress_and_where_the_store_is(tmp_path, daemon):

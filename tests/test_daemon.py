@@ -1,5 +1,6 @@
 """The daemon, in-process, over real ZeroMQ sockets and real Zarr stores."""
 
+import json
 import time
 
 import msgpack
@@ -470,6 +471,12 @@ def test_finished_and_idle_runs_release_their_files_and_threads(tmp_path):
         after = _threads_and_fds()
         assert after[0] <= before[0] + 2 and after[1] <= before[1] + 4, (before, after)
         assert len(d.runs.all()) == 40  # only the newest finished runs stay, as small records
+        from prometheus_client import generate_latest
+
+        scraped = generate_latest(d.metrics.registry).decode()
+        # ... and so do their Prometheus label sets (one per run ever served would grow every scrape)
+        assert 'run="short-119"' in scraped and 'run="short-0"' not in scraped
+        assert scraped.count("lowdose_frames_written_total{") == 40
         assert query_status(cfg.server.endpoints[0])["runs"][-1]["state"] == "finished"
 
         # an idle unfinished run is closed, and reopened when its hook speaks again
@@ -560,3 +567,18 @@ def test_a_hook_ending_a_run_the_restarted_daemon_holds_complete_is_confirmed(tm
         assert time.monotonic() - t0 < 3.0  # not the 2 x ack_timeout_s grace
     finally:
         d2.stop()
+
+
+def test_status_reply_keeps_within_its_budget_unfinished_runs_first():
+    from lowdose.daemon.status import fit_runs
+
+    runs = [{"run": f"r{i}", "state": "finished" if i % 10 else "receiving", "store": "x" * 900}
+            for i in range(1000)]
+    kept, omitted = fit_runs(runs, 128 * 1024)
+    assert omitted == 1000 - len(kept) and 0 < len(kept) < 1000
+    assert sum(len(json.dumps(r)) + 2 for r in kept) <= 128 * 1024
+    names = [r["run"] for r in kept]
+    assert {f"r{i}" for i in range(0, 1000, 10)} <= set(names)  # every unfinished run is shown
+    assert "r999" in names and "r1" not in names  # then the newest finished, not the oldest
+    assert names == sorted(names, key=lambda n: int(n[1:]))  # in the registry's order
+    assert fit_runs(runs[:3], 64 * 1024) == (runs[:3], 0)

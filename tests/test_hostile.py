@@ -210,3 +210,32 @@ def test_every_error_reply_stays_far_below_the_header_limit(daemon, client, head
     client.send_raw([p.TAG, msgpack.packb(header)])
     raw = client.sock.recv_multipart() if client.sock.poll(10_000) else pytest.fail("no reply")
     assert len(raw[1]) < 8192 and p.decode(raw)[0].kind == "error"
+
+
+def test_a_client_that_takes_a_hooks_connection_identities_first_does_not_lock_it_out(daemon, tmp_path):
+    # A ROUTER refuses a second peer with an identity it already holds: if hook identities were
+    # "<run>.<n>", anyone could take them first and keep that microscope off the daemon.
+    import zmq
+
+    from lowdose.plugins.acquisition.sender import FrameSender
+    from lowdose.wire.hook_config import HookConfig
+
+    squatters = []
+    for n in range(40):  # more sessions than the hook can open (a new one per ack timeout) before it gives up
+        sock = zmq.Context.instance().socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.IDENTITY, f"victim.{n}".encode())
+        sock.connect(daemon.cfg.server.endpoints[0])
+        sock.send_multipart(p.encode(p.Heartbeat()))
+        assert sock.poll(5000)  # the daemon knows this identity now
+        squatters.append(sock)
+    cfg = HookConfig(endpoint=daemon.cfg.server.endpoints[0], spool_dir=tmp_path / "spool", ack_timeout_s=1.0,
+                     close_timeout_s=10.0)
+    sender = FrameSender(cfg, p.Start(run="victim", shape=(32, 48), dtype="uint16"))
+    sender.start()
+    for seq in range(5):
+        sender.submit(ramp(seq), {"t": seq})
+    report = sender.close(timeout=10)
+    for sock in squatters:
+        sock.close(0)
+    assert report.acked == 5 and report.unacked == 0, report

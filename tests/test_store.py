@@ -13,9 +13,10 @@ import pytest
 import zarr
 
 from lowdose.daemon.store import chunks as chunks_mod
+from lowdose.daemon.store import shards as shards_mod
 from lowdose.daemon.config import StorageConfig
 from lowdose.wire.protocol import End, Frame, FrameIndex, Start, ranges_from_seqs
-from lowdose.daemon.store import FrameNotStored, RunStore, StoreError
+from lowdose.daemon.store import FrameNotStored, RunStore, StoreError, images
 from lowdose.plugins.denoisers.interface import DenoiserInfo
 
 Y, X = 24, 40
@@ -47,9 +48,33 @@ def frame(seq: int, t: int = 0, c: int = 0, z: int = 0, p: int = 0, run: str = "
     )
 
 
-def cfg(**kw) -> StorageConfig:
-    # these tests write restored frames in the camera's dtype (the default restored dtype is float32)
-    return StorageConfig(**{"restored_dtype": "input", **kw})
+LAYOUTS = ("sharded", "chunk_per_frame")
+
+
+@pytest.fixture(params=LAYOUTS)
+def cfg(request):
+    """StorageConfig(**kw) for the writer under test: every test here runs against both layouts."""
+
+    def make(**kw) -> StorageConfig:
+        # these tests write restored frames in the camera's dtype (the default restored dtype is float32)
+        return StorageConfig(**{"layout": request.param, "restored_dtype": "input", **kw})
+
+    make.layout = request.param
+    return make
+
+
+def stored(store: RunStore, name: str, t: int, c: int, z: int) -> bool:
+    """Whether the data of (t, c, z) of image ``name`` is on disk: its chunk file, or its shard's index entry."""
+    array = store.path / name / "0"
+    if store.plan.layout == "chunk_per_frame":
+        return (array / "c" / str(t) / str(c) / str(z) / "0" / "0").is_file()
+    n = store.plan.shard_frames
+    shard = array / "c" / str(t // n) / str(c) / str(z) / "0" / "0"
+    if not shard.is_file():
+        return False
+    index = np.frombuffer(shard.read_bytes()[: 16 * n], "<u8").reshape(n, 2)
+    offset, nbytes = index[t % n]
+    return offset != 2**64 - 1 and shard.stat().st_size >= int(offset) + int(nbytes)
 
 
 def published(store: RunStore, name: str = "raw") -> zarr.Array:
@@ -63,14 +88,14 @@ def assert_published_complete(store: RunStore, name: str = "raw") -> tuple[int, 
     for t in range(t_n):
         for c in range(c_n):
             for z in range(z_n):
-                assert (store.path / name / "0" / "c" / str(t) / str(c) / str(z) / "0" / "0").is_file(), (name, t, c, z)
+                assert stored(store, name, t, c, z), (name, t, c, z)
     if t_n:
         assert arr[t_n - 1].min() > 0
     return arr.shape
 
 
 @pytest.mark.parametrize("compression,fsync", [("lz4", True), ("zstd", False), ("none", False)])
-def test_frames_land_bit_identical_at_their_index(tmp_path: Path, compression: str, fsync: bool) -> None:
+def test_frames_land_bit_identical_at_their_index(tmp_path: Path, compression: str, fsync: bool, cfg) -> None:
     start = make_start(sizes={"c": 2, "z": 3})
     store = RunStore.open(tmp_path, start, cfg(compression=compression, fsync=fsync), VERSION)
     grid = [(t, c, z) for t in range(3) for c in range(2) for z in range(3)]
@@ -92,43 +117,57 @@ def test_frames_land_bit_identical_at_their_index(tmp_path: Path, compression: s
         np.testing.assert_array_equal(arr[t, c, z], pixels(seq))
         np.testing.assert_array_equal(store.read_raw(FrameIndex(t=t, c=c, z=z)), pixels(seq))
     assert store.raw_seqs() == set(range(len(grid)))
-    codecs = json.loads((store.path / "raw" / "0" / "zarr.json").read_text())["codecs"]
+    meta = json.loads((store.path / "raw" / "0" / "zarr.json").read_text())
+    codecs = meta["codecs"]
+    grid = meta["chunk_grid"]["configuration"]["chunk_shape"]
+    if cfg.layout == "sharded":  # shards along T of one frame per inner chunk, the index first
+        assert [c["name"] for c in codecs] == ["sharding_indexed"] and grid == [store.plan.shard_frames, 1, 1, Y, X]
+        inner = codecs[0]["configuration"]
+        assert inner["chunk_shape"] == [1, 1, 1, Y, X] and inner["index_location"] == "start"
+        codecs = inner["codecs"]
+    else:
+        assert grid == [1, 1, 1, Y, X]
     assert [c["name"] for c in codecs] == (["bytes"] if compression == "none" else ["bytes", "blosc"])
     if compression != "none":
         assert codecs[1]["configuration"]["cname"] == compression
         assert codecs[1]["configuration"]["shuffle"] == "bitshuffle"
-    assert json.loads((store.path / "raw" / "0" / "zarr.json").read_text())["chunk_grid"]["configuration"][
-        "chunk_shape"] == [1, 1, 1, Y, X]
     store.close()
 
 
-def test_duplicate_seq_is_written_once(tmp_path: Path) -> None:
+def test_duplicate_seq_is_written_once(tmp_path: Path, cfg) -> None:
     store = RunStore.open(tmp_path, make_start(), cfg(), VERSION)
     assert store.write_raw([frame(0, t=0), frame(1, t=1)]) == [0, 1]
-    chunk = store.path / "raw/0/c/0/0/0/0/0"
-    before = chunk.stat().st_mtime_ns, chunk.stat().st_ino
+    chunk = store.path / "raw/0/c/0/0/0/0/0"  # the chunk of t=0, or the shard holding it
+    before = chunk.stat().st_mtime_ns, chunk.stat().st_ino, chunk.stat().st_size
     # resend of seq 0 (even with different pixels: the stored frame wins) and a duplicate inside a batch
     dup = (frame(0, t=0)[0], np.zeros((Y, X), np.uint16))
-    assert store.write_raw([dup, frame(2, t=2), frame(2, t=2)]) == [0, 2]
-    assert (chunk.stat().st_mtime_ns, chunk.stat().st_ino) == before
+    if cfg.layout == "sharded":
+        assert store.write_raw([dup]) == [0]
+    else:
+        assert store.write_raw([dup, frame(2, t=2), frame(2, t=2)]) == [0, 2]
+    assert (chunk.stat().st_mtime_ns, chunk.stat().st_ino, chunk.stat().st_size) == before
+    if cfg.layout == "sharded":
+        size = chunk.stat().st_size
+        assert store.write_raw([dup, frame(2, t=2), frame(2, t=2)]) == [0, 2]
+        assert chunk.stat().st_size == size + len(store._chunks.read_bytes(str(store.path / "raw/0"), 2, 0, 0))
     np.testing.assert_array_equal(published(store)[0, 0, 0], pixels(0))
-    lines = (store.path / "lowdose/frames.jsonl").read_text().splitlines()
+    lines = (store.path / "lowdose/records/frames.jsonl").read_text().splitlines()
     assert sorted(json.loads(line)["seq"] for line in lines) == [0, 1, 2]
     store.close()
 
 
-def test_reopen_after_crash_recovers_state_and_drops_torn_line(tmp_path: Path) -> None:
+def test_reopen_after_crash_recovers_state_and_drops_torn_line(tmp_path: Path, cfg) -> None:
     start = make_start()
     a = RunStore.open(tmp_path, start, cfg(), VERSION)
     a.write_raw([frame(s, t=s) for s in range(5)])
     a.write_restored([(FrameIndex(t=0), pixels(0), None), (FrameIndex(t=1), pixels(1), None)], INFO, "live")
     # crash: no close(), no finalize(); seq 5's chunk got written but its record is torn
     a.write_raw([frame(5, t=5)])
-    log = a.path / "lowdose/frames.jsonl"
+    log = a.path / "lowdose/records/frames.jsonl"
     text = log.read_bytes()
     last_start = text.rstrip(b"\n").rfind(b"\n") + 1
     log.write_bytes(text[: last_start + 17])  # torn mid-record, no newline
-    rlog = a.path / "lowdose/restored.jsonl"
+    rlog = a.path / "lowdose/records/restored.jsonl"
     rlog.write_bytes(rlog.read_bytes() + b'{"t": 2, "p": 0, "c"')
 
     b = RunStore.open(tmp_path, start, cfg(), VERSION)
@@ -147,7 +186,7 @@ def test_reopen_after_crash_recovers_state_and_drops_torn_line(tmp_path: Path) -
     a.close()
 
 
-def test_published_shape_never_covers_unwritten_chunks(tmp_path: Path) -> None:
+def test_published_shape_never_covers_unwritten_chunks(tmp_path: Path, cfg) -> None:
     start = make_start(sizes={"c": 2})
     store = RunStore.open(tmp_path, start, cfg(fsync=False), VERSION)
     # c=1 of t=0 arrives last: nothing may be published before it
@@ -164,7 +203,7 @@ def test_published_shape_never_covers_unwritten_chunks(tmp_path: Path) -> None:
     store.close()
 
 
-def test_concurrent_reader_never_sees_fill(tmp_path: Path) -> None:
+def test_concurrent_reader_never_sees_fill(tmp_path: Path, cfg) -> None:
     store = RunStore.open(tmp_path, make_start(sizes={"c": 2}), cfg(fsync=False), VERSION)
     stop = threading.Event()
     problems: list[str] = []
@@ -200,7 +239,7 @@ def test_concurrent_reader_never_sees_fill(tmp_path: Path) -> None:
     store.close()
 
 
-def test_multi_channel_z_and_positions(tmp_path: Path) -> None:
+def test_multi_channel_z_and_positions(tmp_path: Path, cfg) -> None:
     start = make_start(sizes={"c": 2, "z": 2, "p": 2}, channel_names=["GFP", "mCherry"])
     store = RunStore.open(tmp_path, start, cfg(), VERSION)
     seq = 0
@@ -215,6 +254,9 @@ def test_multi_channel_z_and_positions(tmp_path: Path) -> None:
                     seq += 1
             store.write_raw(batch)
     assert (store.path / "raw_p1").is_dir() and (store.path / "restored_p1").is_dir()
+    found = images(store.path)
+    assert found == {p: {"raw": store.path / raw, "restored": store.path / rest}
+                     for p, (raw, rest) in enumerate((("raw", "restored"), ("raw_p1", "restored_p1")))}
     for p, name in ((0, "raw"), (1, "raw_p1")):
         arr = published(store, name)
         assert arr.shape == (2, 2, 2, Y, X)
@@ -228,11 +270,19 @@ def test_multi_channel_z_and_positions(tmp_path: Path) -> None:
     assert [a.get("unit") for a in ms["axes"]] == ["second", None, "micrometer", "micrometer", "micrometer"]
     summary = store.finalize(End(run="run1", frames=seq))
     assert summary["images"]["restored_p1"]["shape"] == [2, 2, 2, Y, X]
+    import yaozarrs
+    from ome_zarr_models.v05 import Image
+
+    yaozarrs.validate_zarr_store(str(store.path))  # the root, and every image its series lists
+    for p, found in images(store.path).items():
+        for kind, path in found.items():
+            Image.from_zarr(zarr.open_group(path, mode="r"))
+            yaozarrs.validate_ome_uri(str(path))
     assert summary["missing_seq_count"] == 0
     store.close()
 
 
-def test_restored_provenance_status_and_backfill(tmp_path: Path) -> None:
+def test_restored_provenance_status_and_backfill(tmp_path: Path, cfg) -> None:
     store = RunStore.open(tmp_path, make_start(), cfg(), VERSION, policy="latest")
     store.write_raw([frame(s, t=s) for s in range(6)])
     assert store.unrestored() == [FrameIndex(t=t) for t in range(6)]
@@ -269,12 +319,12 @@ def test_restored_provenance_status_and_backfill(tmp_path: Path) -> None:
     store.close()
 
 
-def test_store_validates_with_ngff_tools_and_opens_with_ome_zarr_py(tmp_path: Path) -> None:
+def test_store_validates_with_ngff_tools_and_opens_with_ome_zarr_py(tmp_path: Path, cfg) -> None:
     import ome_zarr_models
     import yaozarrs
     from ome_zarr.io import parse_url
     from ome_zarr.reader import Reader
-    from ome_zarr_models.v05 import Image
+    from ome_zarr_models.v05 import BioFormats2Raw, Image
 
     start = make_start(sizes={"c": 2})
     store = RunStore.open(tmp_path, start, cfg(), VERSION)
@@ -288,6 +338,14 @@ def test_store_validates_with_ngff_tools_and_opens_with_ome_zarr_py(tmp_path: Pa
             Image.from_zarr(group)
             yaozarrs.validate_zarr_store(str(store.path / name))
             yaozarrs.validate_ome_uri(str(store.path / name))
+        # the root is one collection (bioformats2raw.layout) listing every image; ome-zarr-models 1.7's
+        # open_ome_zarr() tries no 0.5 bioformats2raw model, so its model is asked directly
+        root = zarr.open_group(store.path, mode="r")
+        assert BioFormats2Raw.from_zarr(root).attributes.ome.bioformats2raw_layout == 3
+        yaozarrs.validate_zarr_store(str(store.path))
+        series = json.loads((store.path / "OME" / "zarr.json").read_text())["attributes"]["ome"]["series"]
+        assert series == ["raw", "restored", "uncertainty"]
+        assert images(store.path) == {0: {k: store.path / k for k in series}}
         nodes = list(Reader(parse_url(str(store.path / "raw")))())
         assert nodes[0].data[0].shape == published(store).shape
         np.testing.assert_array_equal(np.asarray(nodes[0].data[0][1, 1, 0]), pixels(3))
@@ -303,7 +361,7 @@ def test_store_validates_with_ngff_tools_and_opens_with_ome_zarr_py(tmp_path: Pa
     store.close()
 
 
-def test_reopen_with_different_shape_or_dtype_raises(tmp_path: Path) -> None:
+def test_reopen_with_different_shape_or_dtype_raises(tmp_path: Path, cfg) -> None:
     RunStore.open(tmp_path, make_start(), cfg(), VERSION).close()
     with pytest.raises(StoreError, match="cannot change"):
         RunStore.open(tmp_path, make_start(shape=(Y + 1, X)), cfg(), VERSION)
@@ -312,7 +370,7 @@ def test_reopen_with_different_shape_or_dtype_raises(tmp_path: Path) -> None:
     RunStore.open(tmp_path, make_start(), cfg(), VERSION).close()  # same shape: fine
 
 
-def test_unwritable_output_dir_raises_store_error(tmp_path: Path) -> None:
+def test_unwritable_output_dir_raises_store_error(tmp_path: Path, cfg) -> None:
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("a file where the output directory should be")
     with pytest.raises(StoreError, match="storage.output_dir"):
@@ -324,27 +382,41 @@ def test_unwritable_output_dir_raises_store_error(tmp_path: Path) -> None:
             RunStore.open(ro, make_start(), cfg(), VERSION)
 
 
-def test_disk_full_raises_store_error_and_frame_is_not_acknowledged(tmp_path: Path, monkeypatch) -> None:
+def test_disk_full_raises_store_error_and_frame_is_not_acknowledged(tmp_path: Path, monkeypatch, cfg) -> None:
     store = RunStore.open(tmp_path, make_start(), cfg(), VERSION)
     store.write_raw([frame(0, t=0)])
-    real = chunks_mod.write_file
+    real_file, real_at = chunks_mod.write_file, shards_mod._write_at
 
     def full(path, data, *, fsync, atomic=True):
         if "/c/" in str(path):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
-        return real(path, data, fsync=fsync, atomic=atomic)
+        return real_file(path, data, fsync=fsync, atomic=atomic)
+
+    def full_mid_shard(fd, offset, bufs):  # the disk fills half-way through a frame's bytes
+        if offset > 0:
+            real_at(fd, offset, [memoryview(bufs[0]).cast("B")[: len(memoryview(bufs[0]).cast("B")) // 2]])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_at(fd, offset, bufs)
 
     monkeypatch.setattr(chunks_mod, "write_file", full)
+    monkeypatch.setattr(shards_mod, "_write_at", full_mid_shard)
     with pytest.raises(StoreError, match="disk is full"):
         store.write_raw([frame(1, t=1)])
     assert store.raw_seqs() == {0} and not store.has_seq(1) and store.raw_count() == 1
-    monkeypatch.setattr(chunks_mod, "write_file", real)
+    assert published(store).shape[0] == 1
+    monkeypatch.setattr(chunks_mod, "write_file", real_file)
+    monkeypatch.setattr(shards_mod, "_write_at", real_at)
     assert store.write_raw([frame(1, t=1)]) == [1]  # the resend succeeds once there is space
     assert published(store).shape[0] == 2
+    np.testing.assert_array_equal(published(store)[:, 0, 0], np.stack([pixels(0), pixels(1)]))
     store.close()
+    again = RunStore.reopen(store.path, cfg(), VERSION)
+    assert again.raw_seqs() == {0, 1}
+    np.testing.assert_array_equal(again.read_raw(FrameIndex(t=1)), pixels(1))
+    again.close()
 
 
-def test_concurrent_raw_and_restored_threads(tmp_path: Path) -> None:
+def test_concurrent_raw_and_restored_threads(tmp_path: Path, cfg) -> None:
     store = RunStore.open(tmp_path, make_start(), cfg(fsync=False), VERSION, policy="fifo")
     n = 60
     errors: list[BaseException] = []
@@ -373,7 +445,7 @@ def test_concurrent_raw_and_restored_threads(tmp_path: Path) -> None:
     store.close()
 
 
-def test_seq_of_names_the_frame_at_an_index_and_backlog_queries_are_bounded(tmp_path):
+def test_seq_of_names_the_frame_at_an_index_and_backlog_queries_are_bounded(tmp_path, cfg):
     store = RunStore.open(tmp_path, make_start(), cfg(), "test")
     store.write_raw([frame(seq, t=t) for seq, t in ((10, 0), (11, 2), (12, 1))])
     assert store.seq_of(FrameIndex(t=2)) == 11
@@ -396,7 +468,7 @@ def status_table(store: RunStore) -> dict[int, tuple[int, int]]:
     return {s: (st, m) for s, st, m in zip(seqs, status, model)}
 
 
-def test_channel_and_z_growing_late_keep_every_earlier_frame(tmp_path: Path) -> None:
+def test_channel_and_z_growing_late_keep_every_earlier_frame(tmp_path: Path, cfg) -> None:
     store = RunStore.open(tmp_path, make_start(), cfg(fsync=False), VERSION)  # no sizes announced: C = Z = 1
     n = 600  # more time points than one block of bookkeeping holds
     store.write_raw([frame(t, t=t) for t in range(n)])
@@ -437,7 +509,7 @@ def test_channel_and_z_growing_late_keep_every_earlier_frame(tmp_path: Path) -> 
     store.close()
 
 
-def test_far_out_of_order_t_and_seq(tmp_path: Path) -> None:
+def test_far_out_of_order_t_and_seq(tmp_path: Path, cfg) -> None:
     import tracemalloc
 
     store = RunStore.open(tmp_path, make_start(), cfg(fsync=False), VERSION)
@@ -474,7 +546,7 @@ def test_far_out_of_order_t_and_seq(tmp_path: Path) -> None:
     store.close()
 
 
-def test_unrestored_follows_seq_order_through_restores_in_random_order(tmp_path: Path) -> None:
+def test_unrestored_follows_seq_order_through_restores_in_random_order(tmp_path: Path, cfg) -> None:
     rng = np.random.default_rng(7)
     store = RunStore.open(tmp_path, make_start(sizes={"c": 2}), cfg(fsync=False), VERSION)
     grid = [(t, c) for t in range(400) for c in range(2)]
@@ -502,7 +574,7 @@ def test_unrestored_follows_seq_order_through_restores_in_random_order(tmp_path:
     store.close()
 
 
-def test_reopen_without_close_recovers_the_same_state(tmp_path: Path) -> None:
+def test_reopen_without_close_recovers_the_same_state(tmp_path: Path, cfg) -> None:
     start = make_start(sizes={"c": 2, "z": 2})
     first = RunStore.open(tmp_path, start, cfg(fsync=False), VERSION)
     grid = [(t, c, z) for t in range(300) for c in range(2) for z in range(2)]
@@ -541,7 +613,7 @@ def test_reopen_without_close_recovers_the_same_state(tmp_path: Path) -> None:
     first.close()
 
 
-def test_raw_seq_ranges_match_the_stored_seqs(tmp_path: Path) -> None:
+def test_raw_seq_ranges_match_the_stored_seqs(tmp_path: Path, cfg) -> None:
     store = RunStore.open(tmp_path, make_start(), cfg(fsync=False), VERSION)
     assert store.raw_seq_ranges() == []
     seqs = [0, 1, 2, 5, 7, 8, 40]
@@ -551,7 +623,7 @@ def test_raw_seq_ranges_match_the_stored_seqs(tmp_path: Path) -> None:
     store.close()
 
 
-def test_run_store_implements_the_store_interface(tmp_path: Path) -> None:
+def test_run_store_implements_the_store_interface(tmp_path: Path, cfg) -> None:
     import inspect
 
     from lowdose.daemon.store import Store
@@ -574,7 +646,7 @@ def _t_scale(store: RunStore, name: str) -> float:
     return meta["attributes"]["ome"]["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"][0]
 
 
-def test_an_unknown_frame_interval_is_measured_at_finalize(tmp_path: Path) -> None:
+def test_an_unknown_frame_interval_is_measured_at_finalize(tmp_path: Path, cfg) -> None:
     """A hook that does not know its interval announces none; the t axis must not claim 1 s per frame."""
     store = RunStore.open(tmp_path, make_start(frame_interval_s=None), cfg(fsync=False), VERSION)
     frames = [frame(s, t=s) for s in range(6)]
@@ -586,7 +658,7 @@ def test_an_unknown_frame_interval_is_measured_at_finalize(tmp_path: Path) -> No
     store.close()
 
 
-def test_an_announced_frame_interval_is_kept(tmp_path: Path) -> None:
+def test_an_announced_frame_interval_is_kept(tmp_path: Path, cfg) -> None:
     store = RunStore.open(tmp_path, make_start(frame_interval_s=0.5), cfg(fsync=False), VERSION)
     store.write_raw([frame(s, t=s) for s in range(4)])  # timestamps 1 s apart
     store.finalize(End(run="run1", frames=4))
@@ -594,7 +666,7 @@ def test_an_announced_frame_interval_is_kept(tmp_path: Path) -> None:
     store.close()
 
 
-def test_two_seqs_for_one_index_in_one_batch_store_the_last(tmp_path: Path) -> None:
+def test_two_seqs_for_one_index_in_one_batch_store_the_last(tmp_path: Path, cfg) -> None:
     # A hook that re-took a time point sends a second seq for the same index; when both land in one
     # write batch they used to be written in parallel to the same chunk file, and some indices kept the
     # first seq's pixels while the records (and the index) named the second.

@@ -74,9 +74,11 @@ def test_cells_keep_their_state_when_channels_and_z_grow() -> None:
     assert cells.cell(0, 1, 0, create=True) is None  # c=1 is outside the sizes
     sizes[:] = [2, 3]  # grown in place, as the index does
     assert int(cells.cell(3, 0, 0)["seq"]) == 7
-    assert int(cells.cell(3, 1, 2)["seq"]) == -1
+    assert cells.cell(3, 1, 2) is None  # beyond the block's extent: nothing stored
     assert [bn for bn, blk in cells.sorted_blocks()] == [0]
-    assert cells.sorted_blocks()[0][1].shape == (BLOCK_T, 2, 3)
+    assert cells.sorted_blocks()[0][1].shape == (BLOCK_T, 1, 1)  # widened only when written beyond
+    cells.cell(4, 1, 2, create=True)["seq"] = 8
+    assert cells.sorted_blocks()[0][1].shape == (BLOCK_T, 2, 3) and int(cells.cell(3, 0, 0)["seq"]) == 7
 
 
 def test_counts_follow_raw_and_restored_frames() -> None:
@@ -203,3 +205,25 @@ def test_every_restore_empties_the_backlog_exactly_once(cz: tuple[int, int]) -> 
         index.note_restored(key, LIVE if k % 2 else BACKFILL, 0, False)
         assert index.pending == len(keys) - k - 1
     assert index.pending_rows(None) == [] and index.restored_count() == len(keys)
+
+
+def test_a_frame_at_a_far_channel_and_slice_allocates_a_bounded_block() -> None:
+    import tracemalloc
+
+    index = filled(keys=[(0, t, 0, 0) for t in range(300)])
+    index.note_restored((0, 7, 0, 0), LIVE, 0, uncertainty=False)
+    tracemalloc.start()
+    index.grow((0, 3, 15, 1000))  # C x Z becomes 16 x 1001: 256 time points of it would be 48 MiB
+    index.note_raw((0, 3, 15, 1000), 999)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    # blocks now hold one time point each; the earlier frames' blocks keep their 1 x 1 extent
+    assert index.cells[0].bt == 1
+    assert sorted(blk.nbytes for blk in index.cells[0].blocks.values())[-2:] == [12, 16 * 1001 * 12]
+    assert peak < 1 << 20
+    assert index.seq_at((0, 3, 15, 1000)) == 999 and index.seq_at((0, 299, 0, 0)) == 299
+    assert index.pending == 300 and pending(index, 3) == [FrameIndex(t=t) for t in (0, 1, 2)]
+    assert index.complete_prefix(0, KIND_RAW, 0) == 0
+    status, model = index.status_and_model(*(np.array(v) for v in ([0, 0], [7, 8], [0, 0], [0, 0])))
+    assert status.tolist() == [LIVE, 0] and model.tolist() == [0, -1]
+    assert missing_indices(index.cells[0], (1, 16, 1001), 2) == [(0, 0, 1), (0, 0, 2)]

@@ -1,4 +1,4 @@
-"""Chunk files: one frame per file, encoded as the array's ``zarr.json`` says, written durably.
+"""Chunk files (``storage.layout: chunk_per_frame``): one frame per file, encoded as the array's ``zarr.json`` says, written durably.
 
 zarr-python neither fsyncs nor lets data be written before the shape that covers it is published, so the
 store writes chunk bytes itself (``docs/design.md`` rules 2 and 4) in zarr v3's default chunk key layout,
@@ -65,7 +65,7 @@ class ChunkFiles:
         self.fsync = fsync
         self._pool = ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1)), thread_name_prefix="lowdose-store")
 
-    def write(self, jobs: Sequence[ChunkJob], parallel: bool) -> None:
+    def write(self, jobs: Sequence[ChunkJob], parallel: bool) -> list[list[int] | None]:
         """Write every chunk (+ fsync of the files and of the new directory entries, when ``storage.fsync``).
 
         ``parallel``: encode and write on the pool (blosc and file I/O release the GIL); the raw path uses
@@ -77,18 +77,27 @@ class ChunkFiles:
             self._run([lambda w=w: self._write_one(*w) for w in work])
             if self.fsync and dirs:
                 self._run([lambda d=d: fsync_dir(d) for d in dirs])
-            return
+            return [None] * len(jobs)
         for w in work:
             self._write_one(*w)
         if self.fsync:
             for d in dirs:
                 fsync_dir(d)
+        return [None] * len(jobs)  # a chunk's place is its name: records need no offsets
 
     @staticmethod
-    def read_bytes(path: str) -> bytes:
-        """A chunk file as stored; the image's codec decodes it."""
-        with open(path, "rb") as f:
+    def read_bytes(array_dir: str, t: int, c: int, z: int) -> bytes:
+        """The chunk file of (t, c, z) as stored; the image's codec decodes it."""
+        with open(chunk_path(array_dir, t, c, z), "rb") as f:
             return f.read()
+
+    @staticmethod
+    def present(at: object, array_dir: str, n: int, t: int, c: int, z: int) -> bool:
+        """Whether a record's frame is on disk: its chunk file exists."""
+        return os.path.exists(chunk_path(array_dir, t, c, z))
+
+    def rebuild(self, array_dirs: object, located: object) -> None:
+        """Nothing to rebuild: one file per frame has no index."""
 
     def shutdown(self, wait: bool) -> None:
         self._pool.shutdown(wait=wait)

@@ -22,6 +22,11 @@ class StorageConfig(ConfigSection):
     # float32 by default: at a few photons per pixel, rounding to whole ADU posterises the restored
     # image and costs up to ~4 dB; float16 holds only ~0.25-1 ADU steps at typical camera offsets.
     restored_dtype: Literal["input", "float32"] = "float32"
+    # sharded: Zarr v3 shards along time (one file per shard_frames frames of each channel/slice);
+    # chunk_per_frame: one file per frame. An existing store keeps the layout it was written with.
+    layout: Literal["sharded", "chunk_per_frame"] = "sharded"
+    # frames per shard; null: ~512 MiB of raw pixels, 64 to 256 frames (64 for 2048^2 uint16)
+    shard_frames: int | None = Field(None, ge=1, le=65536)
     write_queue_frames: int = Field(64, ge=1)
     # An open store holds files and a thread pool: a run nobody writes to for this long, with
     # nothing left to restore, is closed, and reopened when its hook speaks again.

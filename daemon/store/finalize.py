@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import zarr
@@ -20,7 +20,6 @@ from lowdose.wire.jsonsafe import jsonable
 from lowdose.wire.protocol import End
 
 from . import ngff
-from .chunks import ChunkFiles
 from .index import KIND_RAW, KIND_RESTORED, STATUS_CODES, RunIndex, channel_picks, gaps, missing_indices
 from .layout import Layout
 from .records import read_batches
@@ -29,7 +28,8 @@ _TABLE_CHUNK = 65536
 _MAX_LISTED = 1000  # missing seqs/indices listed in the summary (all are counted)
 
 
-def contrast_windows(state: threading.Lock, index: RunIndex, layout: Layout) -> None:
+def contrast_windows(state: threading.Lock, index: RunIndex, layout: Layout,
+                     read_bytes: Callable[[str, int, int, int], bytes]) -> None:
     """Each channel's window from its first, middle and last frame, raw and restored."""
     with state:
         picks = {
@@ -38,13 +38,13 @@ def contrast_windows(state: threading.Lock, index: RunIndex, layout: Layout) -> 
     for (p, kind), chans in picks.items():
         img = layout.images[(p, kind)]
         for c, tz in chans.items():
-            frames = [img.codec.decode(ChunkFiles.read_bytes(img.chunk_path(t, c, z))) for t, z in tz]
+            frames = [img.codec.decode(read_bytes(img.array_dir, t, c, z)) for t, z in tz]
             win = ngff.contrast_window(np.stack(frames).reshape(-1, layout.frame_shape[1]))
             with state:
                 img.windows[c] = win
 
 
-def write_tables(path: Path, state: threading.Lock, index: RunIndex) -> dict[str, Any]:
+def write_tables(path: Path, state: threading.Lock, index: RunIndex, frames_log: Path) -> dict[str, Any]:
     """Per-frame columns (one row per raw frame, seq order) as chunked 1-D zarr arrays."""
     with state:
         seqs = index.seqs.sorted()
@@ -52,7 +52,7 @@ def write_tables(path: Path, state: threading.Lock, index: RunIndex) -> dict[str
     cols: dict[str, np.ndarray] = {name: np.zeros(n, np.int32) for name in ("t", "p", "c", "z")}
     cols.update({name: np.full(n, np.nan) for name in ("timestamp", "elapsed_ms", "exposure_ms", "written")})
     found = np.zeros(n, dtype=bool)
-    for recs in read_batches(path / "lowdose" / "frames.jsonl", _TABLE_CHUNK):
+    for recs in read_batches(frames_log, _TABLE_CHUNK):
         _fill_rows(recs, seqs, cols, found)
     if not found.all():  # a seq whose record became unreadable: no row, as it has no columns
         seqs = seqs[found]

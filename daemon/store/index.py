@@ -22,6 +22,9 @@ MAX_SEQ_OR_T = 1 << 62  # both land in int64 arithmetic
 Key = tuple[int, int, int, int]  # (p, t, c, z)
 
 BLOCK_T = 256  # time points per block of cells: a far-out t costs one block, not a grid reaching it
+# cells per block at most: a frame at a far c or z (C x Z up to 16384) costs a block of fewer time
+# points, not 256 of them (48 MiB); 16384 cells are 192 KiB
+BLOCK_CELLS = 1 << 14
 CELL = np.dtype([("seq", "<i8"), ("status", "u1"), ("model", "<i2"), ("unc", "?")])  # packed: 12 bytes
 EMPTY_CELL = np.array((-1, 0, -1, False), dtype=CELL)  # no raw frame, not restored, no uncertainty
 
@@ -76,26 +79,50 @@ class SeqSet:
 
 
 class Cells:
-    """Per-frame state of one position's (t, c, z) indices: blocks of ``BLOCK_T`` time points x C x Z cells.
+    """Per-frame state of one position's (t, c, z) indices: blocks of ``bt`` time points x C x Z cells.
 
     A cell holds the seq of the raw frame stored there (-1: none), its restoration status code and model id
     (0 and -1: not restored), and whether its uncertainty map is stored. Blocks take the position's current
     C x Z; a block laid out before C or Z grew is re-laid out when next used, so growth costs nothing up front.
+    ``bt`` is ``BLOCK_T`` unless C x Z is large: then blocks hold fewer time points, so that no block
+    exceeds ``BLOCK_CELLS`` cells; growing past that splits the existing blocks (:meth:`fit`).
     """
 
     def __init__(self, sizes: list[int]):
         self.sizes = sizes  # the index's [C, Z] of this position: the same list, grown in place
         self.blocks: dict[int, np.ndarray] = {}
+        self.bt = block_t(sizes[0] * sizes[1])
 
-    def block(self, bn: int, create: bool = False) -> np.ndarray | None:
+    def fit(self) -> bool:
+        """Split blocks if C x Z grew past what ``bt`` time points per block allow; whether they were split."""
+        bt = block_t(self.sizes[0] * self.sizes[1])
+        if bt >= self.bt:
+            return False
+        k = self.bt // bt
+        split: dict[int, np.ndarray] = {}
+        for bn, blk in self.blocks.items():
+            for j in range(k):
+                piece = blk[j * bt:(j + 1) * bt]
+                if (piece["seq"] >= 0).any():
+                    split[bn * k + j] = piece.copy()
+        self.blocks, self.bt = split, bt
+        return True
+
+    def block(self, bn: int, create: bool = False, cz: tuple[int, int] = (0, 0)) -> np.ndarray | None:
+        """Block ``bn``; ``create``: made (or widened) to hold at least ``cz`` channels x slices.
+
+        A block keeps the C x Z extent its frames needed: cells outside it are empty, so a frame at a far
+        c or z widens only its own block, never the long past of the run.
+        """
+        self.fit()
         blk = self.blocks.get(bn)
-        c, z = self.sizes
+        if not create:
+            return blk
+        c, z = cz
         if blk is None:
-            if not create:
-                return None
-            blk = self.blocks[bn] = np.full((BLOCK_T, c, z), EMPTY_CELL)
-        elif blk.shape[1:] != (c, z):
-            grown = np.full((BLOCK_T, c, z), EMPTY_CELL)
+            blk = self.blocks[bn] = np.full((self.bt, c, z), EMPTY_CELL)
+        elif blk.shape[1] < c or blk.shape[2] < z:
+            grown = np.full((self.bt, max(c, blk.shape[1]), max(z, blk.shape[2])), EMPTY_CELL)
             grown[:, : blk.shape[1], : blk.shape[2]] = blk
             blk = self.blocks[bn] = grown
         return blk
@@ -104,17 +131,33 @@ class Cells:
         """The cell at (t, c, z), a view that writes through; None if nothing can be stored there yet."""
         if c >= self.sizes[0] or z >= self.sizes[1]:
             return None
-        blk = self.block(t // BLOCK_T, create)
-        return None if blk is None else blk[t % BLOCK_T, c, z]
+        blk = self.block(t // self.bt, create, (c + 1, z + 1))
+        if blk is None or c >= blk.shape[1] or z >= blk.shape[2]:
+            return None
+        return blk[t % self.bt, c, z]
 
     def sorted_blocks(self) -> list[tuple[int, np.ndarray]]:
-        """Every block by t, laid out for the current C x Z."""
-        out = []
-        for bn in sorted(self.blocks):
-            blk = self.block(bn)
-            assert blk is not None
-            out.append((bn, blk))
-        return out
+        """Every block by t (each with its own C x Z extent)."""
+        self.fit()
+        return sorted(self.blocks.items(), key=lambda kv: kv[0])
+
+
+def full_extent(blk: np.ndarray, mask: np.ndarray, cz: tuple[int, int], fill: bool) -> np.ndarray:
+    """``mask`` of a block's cells widened to C x Z; cells beyond the block's extent are ``fill``."""
+    if blk.shape[1:] == cz:
+        return mask
+    out = np.full((len(blk), *cz), fill)
+    c, z = min(cz[0], blk.shape[1]), min(cz[1], blk.shape[2])
+    out[:, :c, :z] = mask[:, :c, :z]
+    return out
+
+
+def block_t(cz: int) -> int:
+    """Time points per block for C x Z cells per time point: a power of two, 1 to ``BLOCK_T``."""
+    bt = BLOCK_T
+    while bt > 1 and bt * max(cz, 1) > BLOCK_CELLS:
+        bt //= 2
+    return bt
 
 
 class RunIndex:
@@ -151,7 +194,20 @@ class RunIndex:
         if key[3] >= sizes[1]:
             sizes[1] = key[3] + 1
             grown = True
+        cells = self.cells.get(key[0])
+        if grown and cells is not None and cells.fit():
+            self._recount_pending(key[0], cells)
         return grown
+
+    def _recount_pending(self, p: int, cells: Cells) -> None:
+        """Position ``p``'s blocks were split: its pending-block bookkeeping, counted again."""
+        for b in [b for b in self._pending_blocks if b[0] == p]:
+            del self._pending_blocks[b]
+            self._pending_min.pop(b, None)
+        for bn, blk in cells.blocks.items():
+            n = int(pending_mask(blk).sum())
+            if n:
+                self._pending_blocks[(p, bn)] = n
 
     def seq_at(self, key: Key) -> int:
         """The seq of the raw frame stored at ``key``; -1 if none."""
@@ -174,7 +230,7 @@ class RunIndex:
         prev = int(cell["seq"])
         cell["seq"] = seq
         if cell["status"] == 0:  # pending: new, or (replaced) under another seq
-            block = (p, t // BLOCK_T)
+            block = (p, t // self.cells[p].bt)
             self._pending_min.pop(block, None)
             if prev < 0:
                 self.pending += 1
@@ -190,7 +246,7 @@ class RunIndex:
         assert cell is not None  # callers checked the raw frame is there
         prev = int(cell["status"])
         if prev == 0:
-            block = (p, t // BLOCK_T)
+            block = (p, t // self.cells[p].bt)
             self._pending_min.pop(block, None)
             self.pending -= 1
             left = self._pending_blocks[block] - 1
@@ -241,7 +297,7 @@ class RunIndex:
                 break
             blk = self.cells[p].block(bn)
             assert blk is not None
-            rows.append(rows_where(blk, pending_mask(blk), p, bn))
+            rows.append(rows_where(blk, pending_mask(blk), p, bn * len(blk)))
             if limit is not None and sum(len(r) for r in rows) >= limit:
                 kth = int(np.partition(np.concatenate(rows)[:, 0], limit - 1)[limit - 1])
         return rows
@@ -249,7 +305,8 @@ class RunIndex:
     def raw_rows(self) -> list[np.ndarray]:
         """(seq, p, t, c, z) rows of every raw frame stored."""
         return [
-            rows_where(blk, blk["seq"] >= 0, p, bn) for p, cells in self.cells.items() for bn, blk in cells.sorted_blocks()
+            rows_where(blk, blk["seq"] >= 0, p, bn * len(blk)) for p, cells in self.cells.items()
+            for bn, blk in cells.sorted_blocks()
         ]
 
     def _lowest_pending(self, block: tuple[int, int]) -> int:
@@ -264,24 +321,28 @@ class RunIndex:
         """The first time point at or after ``t`` that lacks some (c, z) of ``kind`` at position ``p``."""
         cells = self.cells[p]
         while True:
-            bn, off = divmod(t, BLOCK_T)
+            bn, off = divmod(t, cells.bt)
             blk = cells.block(bn)
             if blk is None:
                 return t
+            if list(blk.shape[1:]) != self.sizes[p]:
+                return t  # the block lacks the (c, z) beyond its extent at every time point
             full = present(blk[off:], kind).all(axis=(1, 2))
             if not full.all():
                 return t + int(np.argmin(full))
-            t = (bn + 1) * BLOCK_T
+            t = (bn + 1) * cells.bt
 
     def status_and_model(self, ps: np.ndarray, ts: np.ndarray, cs: np.ndarray, zs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Restoration status code and model id at each (p, t, c, z) row; (0, -1) where nothing is stored."""
         status = np.zeros(len(ps), np.uint8)
         model = np.full(len(ps), -1, np.int16)
-        for rows, p, bn in group_by_block(ps, ts):
+        bts = {p: cells.bt for p, cells in self.cells.items()}
+        for rows, p, bn in group_by_block(ps, ts, bts):
             cells = self.cells.get(p)
             blk = None if cells is None else cells.block(bn)
             if blk is not None:
-                cell = blk[ts[rows] % BLOCK_T, cs[rows], zs[rows]]
+                rows = rows[(cs[rows] < blk.shape[1]) & (zs[rows] < blk.shape[2])]
+                cell = blk[ts[rows] % cells.bt, cs[rows], zs[rows]]
                 status[rows] = cell["status"]
                 model[rows] = cell["model"]
         return status, model
@@ -300,10 +361,10 @@ def pending_mask(blk: np.ndarray) -> np.ndarray:
     return (blk["seq"] >= 0) & (blk["status"] == 0)
 
 
-def rows_where(blk: np.ndarray, mask: np.ndarray, p: int, bn: int) -> np.ndarray:
-    """(seq, p, t, c, z) rows, int64, of a block's cells in ``mask``."""
+def rows_where(blk: np.ndarray, mask: np.ndarray, p: int, t0: int) -> np.ndarray:
+    """(seq, p, t, c, z) rows, int64, of the cells in ``mask`` of a block starting at time point ``t0``."""
     tt, cc, zz = np.nonzero(mask)
-    return np.stack([blk["seq"][tt, cc, zz], np.full_like(tt, p), tt + bn * BLOCK_T, cc, zz], axis=1).astype(np.int64)
+    return np.stack([blk["seq"][tt, cc, zz], np.full_like(tt, p), tt + t0, cc, zz], axis=1).astype(np.int64)
 
 
 def indices_by_seq(rows: list[np.ndarray], limit: int | None) -> list[FrameIndex]:
@@ -338,7 +399,8 @@ def channel_picks(cells: Cells, kind: str) -> dict[int, list[tuple[int, int]]]:
     blocks = cells.sorted_blocks()
     if not blocks:
         return {}
-    masks = [present(blk, kind) for _, blk in blocks]
+    cz = tuple(cells.sizes)
+    masks = [full_extent(blk, present(blk, kind), cz, False) for _, blk in blocks]
     per = np.stack([m.sum(axis=(0, 2)) for m in masks])  # frames per block and channel
     ends = np.cumsum(per, axis=0)
     out: dict[int, list[tuple[int, int]]] = {}
@@ -348,7 +410,7 @@ def channel_picks(cells: Cells, kind: str) -> dict[int, list[tuple[int, int]]]:
             b = int(np.searchsorted(ends[:, c], k, side="right"))
             tt, zz = np.nonzero(masks[b][:, c, :])
             j = k - int(ends[b, c] - per[b, c])
-            out.setdefault(c, []).append((blocks[b][0] * BLOCK_T + int(tt[j]), int(zz[j])))
+            out.setdefault(c, []).append((blocks[b][0] * cells.bt + int(tt[j]), int(zz[j])))
     return out
 
 
@@ -358,24 +420,29 @@ def missing_indices(cells: Cells, shape: tuple[int, int, int], limit: int) -> li
     out: list[tuple[int, int, int]] = []
     bn = 0
     # every absent block holds a missing index, so this ends after at most `limit` of them
-    while len(out) < limit and bn * BLOCK_T < t_n:
-        rows = min(BLOCK_T, t_n - bn * BLOCK_T)
+    bt = cells.bt
+    while len(out) < limit and bn * bt < t_n:
+        rows = min(bt, t_n - bn * bt)
         blk = cells.block(bn)
         need = limit - len(out)
         if blk is None:
             tcz = np.stack(np.unravel_index(np.arange(min(need, rows * c_n * z_n)), (rows, c_n, z_n)), axis=1)
         else:
-            tcz = np.argwhere(blk["seq"][:rows, :c_n, :z_n] < 0)[:need]
-        out.extend((bn * BLOCK_T + t, c, z) for t, c, z in tcz.tolist())
+            tcz = np.argwhere(full_extent(blk, blk["seq"] < 0, (c_n, z_n), True)[:rows])[:need]
+        out.extend((bn * bt + t, c, z) for t, c, z in tcz.tolist())
         bn += 1
     return out
 
 
-def group_by_block(ps: np.ndarray, ts: np.ndarray) -> list[tuple[np.ndarray, int, int]]:
-    """Rows grouped by (p, t's block): (rows, p, block) for each group."""
+def group_by_block(ps: np.ndarray, ts: np.ndarray, bts: dict[int, int] | None = None) -> list[tuple[np.ndarray, int, int]]:
+    """Rows grouped by (p, t's block): (rows, p, block) for each group; ``bts``: time points per block by p."""
     if not len(ps):
         return []
-    bns = ts.astype(np.int64) // BLOCK_T
+    per = np.full(len(ps), BLOCK_T, np.int64)
+    for p, bt in (bts or {}).items():
+        if bt != BLOCK_T:
+            per[ps == p] = bt
+    bns = ts.astype(np.int64) // per
     order = np.lexsort((bns, ps))
     p_s, bn_s = ps[order], bns[order]
     starts = np.flatnonzero(np.concatenate([[True], (p_s[1:] != p_s[:-1]) | (bn_s[1:] != bn_s[:-1])]))

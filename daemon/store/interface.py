@@ -1,8 +1,7 @@
 """What the daemon asks of a run store: the :class:`Store` protocol and the errors every store raises.
 
-The write loop, the restore loop, backfill and the CLI use only what is listed here, so a second store
-(the append-only sharded writer planned for very long runs) can replace :class:`~.run_store.RunStore`
-without touching them. This module imports nothing of the daemon at run time; the storage config is
+The write loop, the restore loop, backfill and the CLI use only what is listed here, so how a store lays
+its frames out (one file per frame, or shards along T) is invisible to them. This module imports nothing of the daemon at run time; the storage config is
 named for type checkers only.
 """
 

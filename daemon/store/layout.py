@@ -25,10 +25,11 @@ from lowdose.wire.durable import fsync_dir, write_file
 from lowdose.wire.jsonsafe import jsonable
 from lowdose.wire.protocol import End, Frame, FrameIndex, Start
 
-from . import ngff
-from .chunks import ChunkCodec, ChunkJob, chunk_path
+from . import collection, ngff
+from .chunks import ChunkCodec, ChunkJob
 from .index import KIND_RAW, KIND_RESTORED, KIND_UNCERTAINTY, STATUS_CODES, RunIndex
 from .interface import StoreError
+from .plan import RECORDS, StoragePlan
 
 if TYPE_CHECKING:
     from .config import StorageConfig
@@ -63,9 +64,6 @@ class Image:
     def array_dir(self) -> str:
         return f"{self.dir}/0"
 
-    def chunk_path(self, t: int, c: int, z: int) -> str:
-        return chunk_path(self.array_dir, t, c, z)
-
 
 class Layout:
     """The groups and arrays of one run's store, and when each array's shape may grow.
@@ -84,8 +82,10 @@ class Layout:
         codecs: dict[str, ChunkCodec],
         index: RunIndex,
         state: threading.Lock,
+        plan: StoragePlan,
     ):
         self.path = path
+        self.plan = plan
         self.start = start
         self.cfg = cfg
         self.lowdose_version = lowdose_version
@@ -95,6 +95,7 @@ class Layout:
         self.codecs = codecs
         self.images: dict[tuple[int, str], Image] = {}
         self.finalized = False  # then every image of a position is published with the raw extent
+        self.collection = False  # the root is a bioformats2raw.layout listing the images (stores since 0.1)
         self._index = index
         self._state = state
         self._root_lock = threading.Lock()  # the root's zarr.json is read, changed and replaced whole
@@ -109,8 +110,14 @@ class Layout:
             self._check_existing(root_json)
         else:
             self._create_root()
+        self.collection = "bioformats2raw.layout" in json.loads(root_json.read_text())["attributes"].get("ome", {})
         if not (self.path / "lowdose" / "zarr.json").exists():
             zarr.open_group(store=LocalStore(self.path), path="lowdose", mode="a", zarr_format=3)
+        if self.plan.records == RECORDS and not (self.path / RECORDS / "zarr.json").exists():
+            # a zero-length array whose folder holds the logs: no Zarr tool lists inside an array
+            zarr.create_array(store=LocalStore(self.path), name=RECORDS, shape=(0,), dtype="uint8", zarr_format=3,
+                              attributes={"lowdose": "append-only JSON-lines logs of lowdose: frames.jsonl, "
+                                                     "restored.jsonl (not array data)"})
 
     def _check_existing(self, root_json: Path) -> None:
         try:
@@ -130,6 +137,7 @@ class Layout:
     def _create_root(self) -> None:
         start = self.start
         attrs = {
+            "ome": collection.BF2RAW,
             "lowdose": {
                 "run": start.run,
                 "instrument": start.instrument,
@@ -141,13 +149,16 @@ class Layout:
                 "storage": {
                     "compression": self.cfg.compression,
                     "compression_level": self.cfg.compression_level,
-                    "chunks": "one frame per chunk (1, 1, 1, Y, X), unsharded",
+                    "layout": self.plan.layout,
+                    "shard_frames": self.plan.shard_frames,
+                    "chunks": "one frame per chunk (1, 1, 1, Y, X), unsharded" if self.plan.layout == "chunk_per_frame"
+                    else f"one frame per inner chunk (1, 1, 1, Y, X), shards of {self.plan.shard_frames} time points",
                     "fsync": self.cfg.fsync,
                 },
                 "start": start.model_dump(mode="json"),
                 "summary_metadata": start.summary,
                 "sequence": start.sequence,
-                "records": {"frames": "lowdose/frames.jsonl", "restored": "lowdose/restored.jsonl"},
+                "records": {"frames": f"{self.plan.records}/frames.jsonl", "restored": f"{self.plan.records}/restored.jsonl"},
             }
         }
         # build in a temporary name, then rename: a crash mid-creation leaves no half store at the run's path
@@ -199,10 +210,21 @@ class Layout:
         self.images[(p, KIND_RESTORED)] = self._image(restored, KIND_RESTORED, p)
         if (self.path / unc / "0" / "zarr.json").exists():
             self.ensure_uncertainty(p)
+        self.update_series()
 
     def ensure_uncertainty(self, p: int) -> None:
         if (p, KIND_UNCERTAINTY) not in self.images:
             self.images[(p, KIND_UNCERTAINTY)] = self._image(ngff.image_names(p)[2], KIND_UNCERTAINTY, p)
+            self.update_series()
+
+    def update_series(self) -> None:
+        """List every image in the root's ``OME`` group (the collection readers open)."""
+        if not self.collection:
+            return
+        order = {KIND_RAW: 0, KIND_RESTORED: 1, KIND_UNCERTAINTY: 2}
+        names = [img.name for (p, kind), img in sorted(self.images.items(), key=lambda kv: (kv[0][0], order[kv[0][1]]))]
+        with self._root_lock:
+            collection.write_series(self.path, names, self.cfg.fsync)
 
     def _image(self, name: str, kind: str, p: int) -> Image:
         codec = self.codecs[kind]
@@ -212,15 +234,18 @@ class Layout:
             labels = ngff.channel_labels(self.start.channel_names, c)
             attrs = {
                 "ome": ngff.image_ome(name, self._scale, labels, codec.dtype, {}),
-                "lowdose": {"kind": kind, "position": p, "frame_records": "../lowdose/frames.jsonl"},
+                "lowdose": {"kind": kind, "position": p, "frame_records": f"../{self.plan.records}/frames.jsonl"},
             }
             root = LocalStore(self.path)
             zarr.open_group(store=root, path=name, mode="a", zarr_format=3, attributes=jsonable(attrs))
+            sharded = self.plan.layout == "sharded"
             zarr.create_array(
                 store=root,
                 name=f"{name}/0",
                 shape=(0, c, z, *self.frame_shape),
                 chunks=(1, 1, 1, *self.frame_shape),
+                shards={"shape": (self.plan.shard_frames, 1, 1, *self.frame_shape), "index_location": "start"}
+                if sharded else None,
                 dtype=codec.dtype,
                 compressors=codec.zarr_compressors(),
                 fill_value=0,
@@ -228,6 +253,8 @@ class Layout:
                 zarr_format=3,
                 overwrite=False,
             )
+            if sharded:
+                _index_without_checksum(gdir / "0" / "zarr.json")
             if self.cfg.fsync:
                 fsync_dir(self.path)
         meta = json.loads((gdir / "0" / "zarr.json").read_text())
@@ -235,7 +262,7 @@ class Layout:
         return Image(name=name, kind=kind, p=p, dir=gdir, codec=codec, meta=meta, group_meta=group_meta)
 
     def job(self, kind: str, index: FrameIndex, pixels: np.ndarray) -> ChunkJob:
-        """What :class:`~.chunks.ChunkFiles` needs to write ``pixels`` as the ``kind`` image's chunk at ``index``."""
+        """What the frame files (:mod:`.chunks`, :mod:`.shards`) need to write ``pixels`` of the ``kind`` image at ``index``."""
         img = self.images[(index.p, kind)]
         return (img.codec, img.array_dir, index.t, index.c, index.z, pixels)
 
@@ -335,10 +362,24 @@ class Layout:
             "status_codes": STATUS_CODES,
             "status_table": "../lowdose/tables/restored_status (per raw frame row; written at finalize)",
             "model_table": "../lowdose/tables/restored_model (index into models, -1: not restored)",
-            "frame_records": "../lowdose/restored.jsonl",
+            "frame_records": f"../{self.plan.records}/restored.jsonl",
         }
         for img in images:
             with img.pub_lock:
                 attrs = img.group_meta["attributes"]
                 attrs["lowdose"] = {**prov, "kind": img.kind, "position": img.p}
                 write_json(img.dir / "zarr.json", img.group_meta)
+
+
+def _index_without_checksum(meta_path: Path) -> None:
+    """The shard index as :mod:`.shards` writes it: little-endian uint64 pairs, no crc32c.
+
+    A reader of a store being written reads the open shard's index while it changes; a checksum over
+    it would fail whenever a reader caught an update, while each published entry itself never changes.
+    """
+    meta = json.loads(meta_path.read_text())
+    for codec in meta["codecs"]:
+        if codec["name"] == "sharding_indexed":
+            codec["configuration"]["index_codecs"] = [{"name": "bytes", "configuration": {"endian": "little"}}]
+            codec["configuration"]["index_location"] = "start"
+    write_json(meta_path, meta)

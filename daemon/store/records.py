@@ -1,4 +1,4 @@
-"""The store's append-only record logs, ``lowdose/frames.jsonl`` and ``lowdose/restored.jsonl``.
+"""The store's append-only record logs, ``frames.jsonl`` and ``restored.jsonl`` (in ``lowdose/records/``).
 
 The records are the truth of a run (``docs/design.md`` rule 2): a frame with a record has its chunk, and
 reopening rebuilds every table from them. One JSON object per line, appended a batch at a time and
@@ -97,11 +97,15 @@ def read_batches(path: Path, size: int) -> Iterator[list[dict[str, Any]]]:
             yield recs
 
 
-def frame_lines(frames: Sequence[tuple[Frame, np.ndarray]]) -> list[str]:
-    """The ``frames.jsonl`` records of a batch of raw frames, all stamped with the same write time."""
+def frame_lines(frames: Sequence[tuple[Frame, np.ndarray]], where: Sequence[list[int] | None] = ()) -> list[str]:
+    """The ``frames.jsonl`` records of a batch of raw frames, all stamped with the same write time.
+
+    ``where``: per frame, where its bytes are in its shard ([offset, nbytes], the ``at`` of the record);
+    none for one file per frame, where a chunk's place is its name.
+    """
     now = time.time()
     lines = []
-    for frame, _ in frames:
+    for k, (frame, _) in enumerate(frames):
         i = frame.index
         rec = {
             "seq": frame.seq,
@@ -115,20 +119,30 @@ def frame_lines(frames: Sequence[tuple[Frame, np.ndarray]]) -> list[str]:
             "written": now,
             "metadata": frame.metadata,
         }
+        if k < len(where) and where[k] is not None:
+            rec["at"] = where[k]
         lines.append(json.dumps(jsonable(rec), separators=(",", ":")))
     return lines
 
 
-def restored_lines(items: Sequence[tuple[FrameIndex, np.ndarray, np.ndarray | None]], mode: str, model: int) -> list[str]:
-    """The ``restored.jsonl`` records of a batch of restorations by model id ``model``."""
+def restored_lines(items: Sequence[tuple[FrameIndex, np.ndarray, np.ndarray | None]], mode: str, model: int,
+                   where: Sequence[tuple[list[int] | None, list[int] | None]] = ()) -> list[str]:
+    """The ``restored.jsonl`` records of a batch of restorations by model id ``model``.
+
+    ``where``: per item, where the restored frame's and the uncertainty map's bytes are in their shards.
+    """
     now = time.time()
-    return [
-        json.dumps(
-            {"t": i.t, "p": i.p, "c": i.c, "z": i.z, "mode": mode, "model": model, "uncertainty": u is not None, "written": now},
-            separators=(",", ":"),
-        )
-        for i, _, u in items
-    ]
+    lines = []
+    for k, (i, _, u) in enumerate(items):
+        rec: dict[str, Any] = {"t": i.t, "p": i.p, "c": i.c, "z": i.z, "mode": mode, "model": model,
+                               "uncertainty": u is not None, "written": now}
+        at, unc_at = where[k] if k < len(where) else (None, None)
+        if at is not None:
+            rec["at"] = at
+        if unc_at is not None:
+            rec["unc_at"] = unc_at
+        lines.append(json.dumps(rec, separators=(",", ":")))
+    return lines
 
 
 def model_entry(info: DenoiserInfo) -> dict[str, Any]:

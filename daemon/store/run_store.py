@@ -1,4 +1,4 @@
-"""The run store the daemon uses: :class:`RunStore`, one-frame chunk files plus append-only records.
+"""The run store the daemon uses: :class:`RunStore`, frames in shards (or one file each) plus append-only records.
 
 It composes the parts of this package and holds the locks; the layout on disk and the durability
 contract it keeps are in the package docstring (:mod:`lowdose.daemon.store`).
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 from pathlib import Path
 from typing import Any, Literal, Sequence
@@ -26,7 +25,9 @@ from .index import KIND_RAW, KIND_RESTORED, KIND_UNCERTAINTY, MAX_SEQ_OR_T, STAT
 from .index import indices_by_seq, seq_ranges
 from .interface import FrameNotStored, StoreError, store_error
 from .layout import Layout, read_attrs
+from .plan import StoragePlan, plan_for
 from .records import RecordLog
+from .shards import ShardFiles
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +43,11 @@ class RunStore:
 
     path: Path
 
-    def __init__(self, path: Path, start: Start, cfg: StorageConfig, lowdose_version: str, policy: str | None):
+    def __init__(self, path: Path, start: Start, cfg: StorageConfig, lowdose_version: str, policy: str | None,
+                 plan: StoragePlan):
         """Use :meth:`open`."""
         self.path = path
+        self.plan = plan
         self.start = start
         self.cfg = cfg
         self.frame_shape: tuple[int, int] = (int(start.shape[0]), int(start.shape[1]))
@@ -60,10 +63,13 @@ class RunStore:
         sizes = start.sizes
         self._index = RunIndex((max(1, sizes.get("c", 1) or 1), max(1, sizes.get("z", 1) or 1)))
         codecs = {KIND_RAW: raw_codec, KIND_RESTORED: restored_codec, KIND_UNCERTAINTY: unc_codec}
-        self._layout = Layout(path, start, cfg, lowdose_version, policy, codecs, self._index, self._state)
-        self._chunks = ChunkFiles(cfg.fsync)
-        self._frames_log = RecordLog(path / "lowdose" / "frames.jsonl", cfg.fsync)
-        self._restored_log = RecordLog(path / "lowdose" / "restored.jsonl", cfg.fsync)
+        self._layout = Layout(path, start, cfg, lowdose_version, policy, codecs, self._index, self._state, plan)
+        # the one part the two layouts differ in: where a frame's bytes go
+        self._chunks: ChunkFiles | ShardFiles = (
+            ShardFiles(cfg.fsync, plan.shard_frames) if plan.layout == "sharded" else ChunkFiles(cfg.fsync))
+        records_dir = plan.records_dir(path)
+        self._frames_log = RecordLog(records_dir / "frames.jsonl", cfg.fsync)
+        self._restored_log = RecordLog(records_dir / "restored.jsonl", cfg.fsync)
         self._models: list[dict[str, Any]] = []
         self._closed = False
 
@@ -80,8 +86,9 @@ class RunStore:
     ) -> "RunStore":
         """Create ``<output_dir>/<start.run>.ome.zarr``, or reopen it after a daemon restart.
 
-        On reopen the store's own records (``lowdose/frames.jsonl``, ``lowdose/restored.jsonl``) say which
-        frames are written and which are restored; a torn last line is dropped (that frame is resent).
+        On reopen the store's own records (``lowdose/records/frames.jsonl``, ``restored.jsonl``) say which
+        frames are written and which are restored, and where their bytes are in their shards; a torn last
+        line is dropped (that frame is resent), and every shard's index is rebuilt from them.
         Reopening with a different frame shape/dtype raises :class:`StoreError`, and so does a disk-full or
         permission error. ``policy`` (``fifo``/``latest``) is recorded as provenance of ``restored``.
         """
@@ -91,7 +98,7 @@ class RunStore:
     def _open_at(cls, path: Path, start: Start, cfg: StorageConfig, lowdose_version: str,
                  policy: str | None) -> "RunStore":
         cfg = _keep_declared_restored_dtype(path, start, cfg)
-        store = cls(path, start, cfg, lowdose_version, policy)
+        store = cls(path, start, cfg, lowdose_version, policy, plan_for(path, start, cfg))
         try:
             store._open()
         except OSError as exc:
@@ -133,7 +140,7 @@ class RunStore:
         self._frames_log.open()
         self._restored_log.open()
         if self.cfg.fsync:
-            fsync_dir(self.path / "lowdose")
+            fsync_dir(self._frames_log.path.parent)
         for img in list(self._layout.images.values()):
             self._layout.publish(img, force=True)
 
@@ -147,7 +154,8 @@ class RunStore:
     def write_raw(self, frames: Sequence[tuple[Frame, np.ndarray]]) -> list[int]:
         """Write a batch of frames (arrival order) durably; return the seqs now durably stored.
 
-        Order: chunk data (+ fsync of files and new directory entries when ``storage.fsync``), then the
+        Order: frame data, appended to shards or as chunk files (+ fsync of files and new directory
+        entries when ``storage.fsync``), then the
         per-frame records (+ fsync), then the visible shapes grown (one ``zarr.json`` write per image per
         batch at most). Idempotent by seq: a seq already stored is not written again but is returned.
         """
@@ -181,10 +189,12 @@ class RunStore:
         # data, then the records that name it, then the count (docs/design.md rule 4): each step only once
         # the one before it is durable, so a kill at any point leaves nothing visible that is not stored
         winners = _last_per_index(todo)
-        self._chunks.write([self._layout.job(KIND_RAW, f.index, px) for f, px in winners], parallel=True)
+        where = self._chunks.write([self._layout.job(KIND_RAW, f.index, px) for f, px in winners], parallel=True)
+        at = {(f.index.p, f.index.t, f.index.c, f.index.z): w for (f, _), w in zip(winners, where)}
         # Every seq gets its record (each is acked and must stay stored after a reopen), in arrival
         # order, so replaying them leaves each index naming its winner, the seq whose pixels are there.
-        self._frames_log.append(records.frame_lines(todo))
+        self._frames_log.append(records.frame_lines(todo, [at[(f.index.p, f.index.t, f.index.c, f.index.z)]
+                                                           for f, _ in todo]))
         windows = self._layout.first_windows(winners)
         grown: set[int] = set()
         with self._state:
@@ -231,11 +241,10 @@ class RunStore:
             if self._index.seq_at(key) < 0:
                 raise FrameNotStored(f"no raw frame at t={index.t} p={index.p} c={index.c} z={index.z} in {self.path}")
             img = self._layout.images[(index.p, KIND_RAW)]
-        path = img.chunk_path(index.t, index.c, index.z)
         try:
-            data = self._chunks.read_bytes(path)
+            data = self._chunks.read_bytes(img.array_dir, index.t, index.c, index.z)
         except OSError as exc:
-            raise store_error(exc, "reading a raw frame", path) from exc
+            raise store_error(exc, "reading a raw frame", exc.filename or img.array_dir) from exc
         return img.codec.decode(data)
 
     # ------------------------------------------------------------------ restored
@@ -288,8 +297,9 @@ class RunStore:
                     with self._state:
                         self._layout.ensure_uncertainty(index.p)
                 jobs.append(self._layout.job(KIND_UNCERTAINTY, index, unc))
-        self._chunks.write(jobs, parallel=False)
-        self._restored_log.append(records.restored_lines(items, mode, model))
+        where = iter(self._chunks.write(jobs, parallel=False))
+        places = [(next(where), next(where) if unc is not None else None) for _, _, unc in items]
+        self._restored_log.append(records.restored_lines(items, mode, model, places))
         touched: set[tuple[int, str]] = set()
         with self._state:
             for index, frame, unc in items:
@@ -375,10 +385,10 @@ class RunStore:
     def _finalize(self, end: End | None) -> dict[str, Any]:
         with self._state:
             self._layout.finalized = True
-        finalize.contrast_windows(self._state, self._index, self._layout)
+        finalize.contrast_windows(self._state, self._index, self._layout, self._chunks.read_bytes)
         for img in list(self._layout.images.values()):
             self._layout.publish(img)
-        tables = finalize.write_tables(self.path, self._state, self._index)
+        tables = finalize.write_tables(self.path, self._state, self._index, self._frames_log.path)
         if not (self.start.frame_interval_s or 0) > 0:
             interval = finalize.measured_frame_interval(self.path)
             if interval is not None:
@@ -431,17 +441,20 @@ def _last_per_index(frames: list[tuple[Frame, np.ndarray]]) -> list[tuple[Frame,
 
 
 def _recover(store: RunStore, frames: list[dict[str, Any]], restored: list[dict[str, Any]]) -> None:
-    """Rebuild the index from the records (the durable truth): a record without its chunk is dropped,
-    and that frame is resent by its hook (rule 2)."""
+    """Rebuild the index (and the shards' indexes) from the records, the durable truth: a record whose
+    frame is not on disk is dropped, and that frame is resent by its hook (rule 2)."""
+    n = store.plan.shard_frames
+    located: dict[tuple[str, int, int, int], Any] = {}
     for rec in frames:
         key: Key = (rec["p"], rec["t"], rec["c"], rec["z"])
         store._ensure_position(key[0])
-        img = store._layout.images[(key[0], KIND_RAW)]
-        if not os.path.exists(img.chunk_path(key[1], key[2], key[3])):
-            log.warning("frame seq %d has a record but no chunk; it will be resent", rec["seq"])
+        a = store._layout.images[(key[0], KIND_RAW)].array_dir
+        if not store._chunks.present(rec.get("at"), a, n, key[1], key[2], key[3]):
+            log.warning("frame seq %d has a record but no data; it will be resent", rec["seq"])
             continue
         store._index.grow(key)
         store._index.note_raw(key, rec["seq"])
+        located[(a, key[1], key[2], key[3])] = rec.get("at")
     for rec in restored:
         if rec.get("kind") == "model":
             store._models.append(rec["info"])
@@ -449,9 +462,19 @@ def _recover(store: RunStore, frames: list[dict[str, Any]], restored: list[dict[
         key = (rec["p"], rec["t"], rec["c"], rec["z"])
         if store._index.seq_at(key) < 0:
             continue
-        if rec.get("uncertainty"):
+        a = store._layout.images[(key[0], KIND_RESTORED)].array_dir
+        if not store._chunks.present(rec.get("at"), a, n, key[1], key[2], key[3]):
+            continue
+        unc = bool(rec.get("uncertainty"))
+        if unc:
             store._layout.ensure_uncertainty(key[0])
-        store._index.note_restored(key, STATUS_CODES[rec["mode"]], rec["model"], bool(rec.get("uncertainty")))
+            u = store._layout.images[(key[0], KIND_UNCERTAINTY)].array_dir
+            unc = store._chunks.present(rec.get("unc_at"), u, n, key[1], key[2], key[3])
+            if unc:
+                located[(u, key[1], key[2], key[3])] = rec.get("unc_at")
+        located[(a, key[1], key[2], key[3])] = rec.get("at")
+        store._index.note_restored(key, STATUS_CODES[rec["mode"]], rec["model"], unc)
+    store._chunks.rebuild([img.array_dir for img in store._layout.images.values()], located)
     if store._models:
         store._update_provenance()
 

@@ -11,6 +11,7 @@ It knows messages, not frames: what is unacknowledged and what to resend is
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -138,8 +139,11 @@ class DaemonConnection:
     def _connect(self, session: int) -> None:
         assert self._ctx is not None
         # One identity per connection incarnation: a ROUTER may still hold the old
-        # peer's identity when we reconnect, and would refuse a duplicate.
-        self._sock = dealer_socket(self._ctx, self.cfg, f"{self.run}.{session}".encode())
+        # peer's identity when we reconnect, and would refuse a duplicate. The random part keeps
+        # it unguessable: a client that took "<run>.<n>" first would otherwise lock us out of the
+        # daemon (without CURVE, identities are all a ROUTER goes by). The run id stays for logs.
+        identity = f"{self.run[:64]}.{session}.{secrets.token_hex(8)}"
+        self._sock = dealer_socket(self._ctx, self.cfg, identity.encode())
         self._poller.register(self._sock, zmq.POLLIN)
 
     def _close_socket(self) -> None:

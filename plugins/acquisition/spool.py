@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import shutil
 import struct
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -177,6 +178,55 @@ def read_frame_file(path: str | os.PathLike[str]) -> SpooledFrame:
     if not isinstance(msg, Frame) or payload is None:
         raise SpoolError(f"{path} does not hold a frame")
     return SpooledFrame(msg, header, pixels)
+
+
+@dataclass(frozen=True)
+class SpoolSummary:
+    """What one run's spool holds, for people: ``lowdose status`` and the hook's report."""
+
+    run: str
+    dir: Path
+    pending: int  # frames no daemon has acknowledged yet: ``lowdose replay`` sends them
+    rejected: int  # frames a daemon refused as malformed, kept with their reasons; never resent
+    bytes: int
+    newest_age_s: float | None  # seconds since the last frame file was written (a live hook spills now)
+    ended: bool  # the run's end is spooled too: the acquisition finished, only delivery is left
+
+    def why(self) -> str:
+        if self.pending and self.newest_age_s is not None and self.newest_age_s < 10:
+            reason = "a hook is spilling frames here now (the daemon is unreachable or slower than the camera)"
+        elif self.pending:
+            reason = "no daemon acknowledged them before the hook stopped (daemon down, hook closed or crashed)"
+        else:
+            reason = "only frames the daemon refused are left"
+        if self.rejected:
+            reason += f"; {self.rejected} refused as malformed, reasons in {self.dir / REJECTED_DIR}"
+        return reason
+
+
+def summarize(root: str | os.PathLike[str]) -> list[SpoolSummary]:
+    """Every run spool under ``root`` with frames in it; reads file names and sizes, never pixels."""
+    out = []
+    now = time.time()
+    for d in run_dirs(root):
+        spool = Spool(d.parent, d.name)
+        files = [spool.frame_path(s) for s in spool.seqs()]
+        rejected = spool.rejected()
+        if not files and not rejected:
+            continue
+        sizes, mtimes = [], []
+        for f in files:
+            try:
+                st = f.stat()
+            except FileNotFoundError:  # sent and deleted while we looked
+                continue
+            sizes.append(st.st_size)
+            mtimes.append(st.st_mtime)
+        out.append(SpoolSummary(
+            run=d.name, dir=d, pending=len(sizes), rejected=len(rejected), bytes=sum(sizes),
+            newest_age_s=(now - max(mtimes)) if mtimes else None, ended=(d / END_FILE).exists(),
+        ))
+    return out
 
 
 def run_dirs(root: str | os.PathLike[str]) -> list[Path]:

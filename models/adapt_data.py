@@ -1,0 +1,212 @@
+"""The stack ``lowdose adapt`` learns from: camera counts of one sample, and the camera's calibration.
+
+A TIFF (``(T, Y, X)`` or ``(Y, X)``), a ``.npy`` array, or a raw ``.ome.zarr`` that lowdose wrote (its
+``raw`` image, one position, channel and plane, with the camera offset and gain its run announced).
+The offset and gain not given and not recorded are estimated from the noise itself (photon
+transfer: a Poisson-Gaussian camera's variance grows linearly with the mean, crossing zero near the
+offset); a stack whose noise shows no such line gets an error asking for ``--offset``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from lowdose.plugins.denoisers.interface import DenoiserError
+
+# The mean of the lower 95 % of chi-square(1) draws, in units of their variance.
+TRIMMED_CHI2 = 0.7596
+MIN_SIDE = 32  # a network of depth 3 needs room for a training crop beside the held-out stripe
+
+
+class AdaptError(DenoiserError):
+    """The stack or its calibration cannot be used for adaptation; the message names the fix."""
+
+
+@dataclass(frozen=True)
+class Stack:
+    frames: np.ndarray  # (T, Y, X) float32 ADU, one field of view over time (or repeated)
+    source: str
+    dtype: str  # as stored
+    offset: float  # ADU
+    gain: float  # ADU per electron
+    calibration: str  # where offset and gain came from
+    sha256: str  # of the frames as read: what the model card names
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "source": self.source, "frames": int(self.frames.shape[0]), "shape": list(self.frames.shape[1:]),
+            "dtype": self.dtype, "sha256": self.sha256, "offset_adu": round(self.offset, 3),
+            "gain_adu_per_e": round(self.gain, 4), "calibration": self.calibration,
+        }
+
+
+def read_stack(
+    path: str | Path, *, offset: float | None = None, gain: float | None = None, position: int = 0,
+    channel: int = 0, z: int = 0, max_frames: int | None = 64,
+) -> Stack:
+    """Read and check a stack (its first ``max_frames`` frames); offset and gain: given, else the
+    store's, else estimated."""
+    p = Path(path)
+    if not p.exists():
+        raise AdaptError(f"stack {p} does not exist; give a TIFF of camera counts or a lowdose .ome.zarr")
+    meta: dict[str, float | None] = {}
+    if p.is_dir():
+        raw, meta = _read_zarr(p, position, channel, z, max_frames)
+    elif p.suffix.lower() in (".tif", ".tiff"):
+        raw = _read_tiff(p)
+    elif p.suffix.lower() == ".npy":
+        try:
+            raw = np.load(p, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise AdaptError(f"cannot read {p} as a .npy array ({exc})") from None
+    else:
+        raise AdaptError(f"{p}: unsupported stack (use a .tif/.tiff of camera counts, a .npy array or a lowdose .ome.zarr)")
+    raw = np.asarray(raw)
+    if raw.ndim == 3 and max_frames:
+        raw = raw[:max_frames]
+    frames = _check_frames(raw, str(p))
+    if gain is not None and gain <= 0:
+        raise AdaptError(f"--gain must be > 0 ADU per electron, got {gain}")
+    how = []
+    if offset is not None:
+        how.append("offset given")
+    elif meta.get("offset") is not None:
+        offset = float(meta["offset"])  # type: ignore[arg-type]
+        how.append("offset from the run's metadata")
+    if gain is not None:
+        how.append("gain given")
+    elif meta.get("gain") is not None:
+        gain = float(meta["gain"])  # type: ignore[arg-type]
+        how.append("gain from the run's metadata")
+    if offset is None or gain is None:
+        est_offset, est_gain = photon_transfer(frames, gain)
+        if offset is None:
+            if est_offset is None:
+                raise AdaptError(
+                    f"{p}: no --offset given, none recorded with the stack, and its noise does not show the "
+                    f"camera's dark level (no mean-variance line: too few frames or too little contrast); "
+                    f"give --offset ADU (the mean of a frame taken with the light off)"
+                )
+            offset = est_offset
+            how.append("offset estimated from the noise (photon transfer)")
+        if gain is None:
+            gain = est_gain if est_gain is not None else 1.0
+            how.append("gain estimated from the noise (photon transfer)" if est_gain is not None
+                       else "gain unknown: 1 ADU/e- assumed")
+    digest = hashlib.sha256(np.ascontiguousarray(raw).tobytes()).hexdigest()
+    return Stack(frames=frames, source=str(p), dtype=str(np.asarray(raw).dtype), offset=float(offset),
+                 gain=float(gain), calibration="; ".join(how), sha256=digest)
+
+
+def _read_tiff(p: Path) -> np.ndarray:
+    import tifffile
+
+    try:
+        return tifffile.imread(p)
+    except Exception as exc:  # tifffile raises several types for files that are not TIFFs
+        raise AdaptError(f"cannot read {p} as a TIFF ({type(exc).__name__}: {exc})") from None
+
+
+def _read_zarr(
+    p: Path, position: int, channel: int, z: int, max_frames: int | None
+) -> tuple[np.ndarray, dict[str, float | None]]:
+    """Time series of one (position, channel, plane) of a lowdose store's raw image, and its calibration."""
+    import zarr
+
+    root_meta = p / "zarr.json"
+    try:
+        attrs = json.loads(root_meta.read_text()).get("attributes", {})
+    except (OSError, ValueError) as exc:
+        raise AdaptError(f"{p} is not a Zarr store ({exc}); give a lowdose .ome.zarr or a TIFF") from None
+    run = attrs.get("lowdose")
+    if not isinstance(run, dict):
+        raise AdaptError(f"{p} is a Zarr store but not one lowdose wrote (no 'lowdose' attributes); export a TIFF")
+    name = "raw" if position == 0 else f"raw_{position}"
+    for candidate in (f"{name}/0", f"{position}/raw/0"):
+        if (p / candidate / "zarr.json").exists():
+            arr = zarr.open_array(str(p / candidate), mode="r")
+            break
+    else:
+        raise AdaptError(f"{p} has no raw image for position {position}")
+    if arr.ndim != 5:
+        raise AdaptError(f"{p}: raw image has shape {arr.shape}, expected (T, C, Z, Y, X)")
+    if not (0 <= channel < arr.shape[1] and 0 <= z < arr.shape[2]):
+        raise AdaptError(f"{p}: no channel {channel} / plane {z} (raw shape {arr.shape})")
+    start = run.get("start") or {}
+    return arr[:max_frames, channel, z], {"offset": start.get("camera_offset"), "gain": start.get("camera_gain")}
+
+
+def _check_frames(a: np.ndarray, source: str) -> np.ndarray:
+    if a.size == 0:
+        raise AdaptError(f"{source} is empty (shape {a.shape}); give at least one frame")
+    if a.ndim == 2:
+        a = a[None]
+    elif a.ndim != 3:
+        raise AdaptError(
+            f"{source} has shape {a.shape}; expected (T, Y, X) or (Y, X) camera counts: save one channel "
+            f"and one z-plane per stack"
+        )
+    if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
+        raise AdaptError(f"{source} holds {a.dtype} values; expected camera counts (integers or floats)")
+    if min(a.shape[1:]) < MIN_SIDE:
+        raise AdaptError(f"{source}: frames of {a.shape[1]}x{a.shape[2]} are too small; give at least {MIN_SIDE}x{MIN_SIDE}")
+    f = a.astype(np.float32)
+    if not np.isfinite(f).all():
+        raise AdaptError(f"{source} holds NaN or infinite values; give camera counts")
+    return f
+
+
+def photon_transfer(frames: np.ndarray, gain: float | None = None) -> tuple[float | None, float | None]:
+    """(offset, gain) from how the noise variance grows with the mean; None where the noise cannot tell.
+
+    The noise of each pixel comes from differences: between consecutive frames when there are several
+    (the field's structure cancels), between horizontal neighbours otherwise (structure blurred by the
+    optics barely differs from one pixel to the next). Pixels are binned by their local mean; the
+    line var = gain * (mean - offset) through the bins' medians gives both (read noise shifts the
+    offset by gain * read_noise^2, a few ADU: the network's scaling absorbs that).
+    """
+    f = frames.astype(np.float64)
+    temporal = f.shape[0] >= 2
+    if temporal:
+        # each pixel's mean over time bins it: fine structure does not blur the means
+        diff = (f[1:] - f[:-1]) / np.sqrt(2.0)
+        mean = np.broadcast_to(f.mean(0), diff.shape)
+    else:
+        diff = (f[:, :, 1:] - f[:, :, :-1]) / np.sqrt(2.0)
+        mean = ndimage.uniform_filter(0.5 * (f[:, :, 1:] + f[:, :, :-1]), size=(1, 5, 5))
+    var = diff**2
+    lo, hi = np.percentile(mean, [2, 98])
+    if not hi > lo:
+        return None, None
+    edges = np.linspace(lo, hi, 17)
+    which = np.digitize(mean.ravel(), edges)
+    xs, ys = [], []
+    for b in range(1, len(edges)):
+        sel = which == b
+        if sel.sum() >= 200:
+            xs.append(float(np.median(mean.ravel()[sel])))
+            v = var.ravel()[sel]
+            if temporal:
+                ys.append(float(v.mean()))  # the field's structure cancels between frames
+            else:
+                # across pixels, edges of structures add to the differences: a trimmed mean resists them
+                v = np.sort(v)
+                ys.append(float(v[: int(0.95 * len(v))].mean() / TRIMMED_CHI2))
+    if len(xs) < 4 or np.ptp(xs) <= 0:
+        return None, None
+    x, y = np.asarray(xs), np.asarray(ys)
+    if gain is None:
+        slope, intercept = np.polyfit(x, y, 1)
+        fit = slope * x + intercept
+        r2 = 1 - np.sum((y - fit) ** 2) / max(np.sum((y - y.mean()) ** 2), 1e-12)
+        if slope <= 0 or r2 < 0.8:
+            return None, None
+        return float(-intercept / slope), float(slope)
+    off = float(np.median(x - y / gain))
+    return off, None
