@@ -22,6 +22,7 @@ from lowdose.plugins.denoisers.interface import DenoiserInfo
 from lowdose.wire.protocol import End, Frame, FrameIndex, Start
 
 Y, X = 16, 24
+# restored_dtype="input": these tests write restored frames in the camera's dtype (the default is float32)
 VERSION = "9.9.9-test"
 INFO = DenoiserInfo(name="testnet", version="1", has_uncertainty=True)
 _SOAK = Path(__file__).resolve().parent.parent / "benchmarks" / "soak.py"
@@ -59,7 +60,7 @@ def test_default_is_sharded_with_shards_sized_from_the_frame() -> None:
 def test_zarr_and_tensorstore_read_every_frame_while_written_and_finished(tmp_path: Path) -> None:
     import tensorstore as ts
 
-    store = RunStore.open(tmp_path, start(sizes={"c": 2}), StorageConfig(fsync=False, shard_frames=8), VERSION)
+    store = RunStore.open(tmp_path, start(sizes={"c": 2}), StorageConfig(restored_dtype="input", fsync=False, shard_frames=8), VERSION)
     path = store.path / "raw" / "0"
     stop = threading.Event()
     problems: list[str] = []
@@ -107,7 +108,7 @@ def test_zarr_and_tensorstore_read_every_frame_while_written_and_finished(tmp_pa
 def test_reopen_rebuilds_shard_indexes_from_the_records(tmp_path: Path) -> None:
     """As after a SIGKILL: bytes appended but never recorded, an index entry never rewritten, a record
     whose bytes a power cut took: the index after reopening names exactly the recorded frames."""
-    cfg = StorageConfig(fsync=False, shard_frames=8)
+    cfg = StorageConfig(restored_dtype="input", fsync=False, shard_frames=8)
     a = RunStore.open(tmp_path, start(), cfg, VERSION)
     a.write_raw([frame(s, s) for s in range(12)])  # shard 0 full, shard 1 half
     unc = np.full((Y, X), 0.5, np.float32)
@@ -148,7 +149,7 @@ def test_reopen_rebuilds_shard_indexes_from_the_records(tmp_path: Path) -> None:
 
 
 def test_file_count_stays_below_one_per_fifty_frames(tmp_path: Path) -> None:
-    store = RunStore.open(tmp_path, start(), StorageConfig(fsync=False), VERSION)
+    store = RunStore.open(tmp_path, start(), StorageConfig(restored_dtype="input", fsync=False), VERSION)
     n = 1200
     for s in range(0, n, 50):
         store.write_raw([frame(k, k) for k in range(s, s + 50)])
@@ -162,7 +163,7 @@ def test_file_count_stays_below_one_per_fifty_frames(tmp_path: Path) -> None:
 
 
 def test_walking_the_whole_store_warns_about_nothing(tmp_path: Path) -> None:
-    store = RunStore.open(tmp_path, start(sizes={"c": 2}), StorageConfig(fsync=False, shard_frames=4), VERSION)
+    store = RunStore.open(tmp_path, start(sizes={"c": 2}), StorageConfig(restored_dtype="input", fsync=False, shard_frames=4), VERSION)
     store.write_raw([frame(s, s // 2, s % 2) for s in range(10)])
     store.write_restored([(FrameIndex(t=0, c=c), pixels(c), np.ones((Y, X), np.float32)) for c in (0, 1)], INFO, "live")
     store.finalize(End(run="run1", frames=10))
@@ -178,7 +179,7 @@ def test_walking_the_whole_store_warns_about_nothing(tmp_path: Path) -> None:
 
 def test_a_store_with_its_records_in_the_old_place_still_opens(tmp_path: Path) -> None:
     """Stores written before the records moved keep lowdose/frames.jsonl (and one file per frame)."""
-    cfg = StorageConfig(fsync=False, layout="chunk_per_frame")
+    cfg = StorageConfig(restored_dtype="input", fsync=False, layout="chunk_per_frame")
     old = RunStore.open(tmp_path, start(), cfg, VERSION)
     old.write_raw([frame(s, s) for s in range(4)])
     old.write_restored([(FrameIndex(t=0), pixels(0), None)], INFO, "live")
@@ -193,7 +194,7 @@ def test_a_store_with_its_records_in_the_old_place_still_opens(tmp_path: Path) -
     attrs["records"] = {"frames": "lowdose/frames.jsonl", "restored": "lowdose/restored.jsonl"}
     (old.path / "zarr.json").write_text(json.dumps(root))
 
-    again = RunStore.reopen(old.path, StorageConfig(fsync=False), VERSION)  # the config now says sharded
+    again = RunStore.reopen(old.path, StorageConfig(restored_dtype="input", fsync=False), VERSION)  # the config now says sharded
     assert again.plan.layout == "chunk_per_frame" and again.plan.records == "lowdose"
     assert again.raw_seqs() == {0, 1, 2, 3} and again.restored_count() == 1
     again.write_raw([frame(4, 4)])
@@ -230,7 +231,7 @@ def test_more_open_shards_than_kept_open_with_raw_and_restored_threads(tmp_path:
     """72 channels: 72 shards per image being appended to, more than stay open; the raw writer and the
     restorer open and close them concurrently and every frame still lands where its index says."""
     c_n, t_n = 72, 4
-    store = RunStore.open(tmp_path, start(sizes={"c": c_n}), StorageConfig(fsync=False, shard_frames=4), VERSION)
+    store = RunStore.open(tmp_path, start(sizes={"c": c_n}), StorageConfig(restored_dtype="input", fsync=False, shard_frames=4), VERSION)
     errors: list[BaseException] = []
     done = threading.Event()
 
@@ -266,7 +267,7 @@ def test_disk_full_while_a_new_shard_is_created_then_space_again(tmp_path: Path,
     from lowdose.daemon.store import StoreError
     from lowdose.daemon.store import shards as shards_mod
 
-    store = RunStore.open(tmp_path, start(), StorageConfig(shard_frames=4), VERSION)
+    store = RunStore.open(tmp_path, start(), StorageConfig(restored_dtype="input", shard_frames=4), VERSION)
     store.write_raw([frame(s, s) for s in range(4)])  # shard 0 full; t=4 opens shard 1
     real = shards_mod._write_at
 
