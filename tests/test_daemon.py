@@ -465,11 +465,14 @@ def test_finished_and_idle_runs_release_their_files_and_threads(tmp_path):
                 time.sleep(0.02)
             assert not d.runs.active()
 
+        import threading
+
         runs(0, 10)
-        before = _threads_and_fds()
+        before, names_before = _threads_and_fds(), {t.name for t in threading.enumerate()}
         runs(10, 110)
         after = _threads_and_fds()
-        assert after[0] <= before[0] + 2 and after[1] <= before[1] + 4, (before, after)
+        new_threads = sorted({t.name for t in threading.enumerate()} - names_before)
+        assert after[0] <= before[0] + 2 and after[1] <= before[1] + 4, (before, after, new_threads)
         assert len(d.runs.all()) == 40  # only the newest finished runs stay, as small records
         from prometheus_client import generate_latest
 
