@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import random
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -25,10 +26,12 @@ from pathlib import Path
 import msgpack
 import numpy as np
 import psutil
-import yaml
 import zmq
 
-from lowdose.wire import protocol as p
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_daemon import start_daemon  # noqa: E402
+from lowdose.wire import protocol as p  # noqa: E402
 
 SHAPE = (4, 4)
 PIX = b"\1" * 16
@@ -213,22 +216,12 @@ def main() -> None:
     import zarr
 
     from lowdose.daemon.client import query_status
-    from lowdose.daemon.config import load_config
-    from lowdose.demo import DaemonProcess
     from lowdose.plugins.acquisition.sender import FrameSender
     from lowdose.wire.protocol import FrameIndex, Start
 
     tmp = Path(tempfile.mkdtemp(prefix="lowdose-fuzz-"))
-    endpoint = f"ipc://{tmp}/d.sock"
-    cfg_path = tmp / "config.yaml"
-    cfg_path.write_text(yaml.safe_dump({
-        "server": {"endpoints": [endpoint], "preview_endpoint": None},
-        "storage": {"output_dir": str(tmp / "data"), "fsync": False},
-        "restore": {"denoiser": "identity", "policy": "fifo"},
-        "hook": {"endpoint": endpoint, "spool_dir": str(tmp / "spool")},
-    }))
-    cfg = load_config(cfg_path)
-    daemon = DaemonProcess(cfg_path, tmp / "daemon.log", endpoint)
+    cfg, daemon = start_daemon(tmp, fsync=False)
+    endpoint = daemon.endpoint
     try:
         daemon.wait_ready()
         dp = psutil.Process(daemon.proc.pid)

@@ -16,18 +16,19 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import psutil
-import yaml
 
-from lowdose.daemon.config import load_config
-from lowdose.demo import DaemonProcess
-from lowdose.plugins.acquisition.sender import FrameSender
-from lowdose.wire.protocol import FrameIndex, Start
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_daemon import start_daemon  # noqa: E402
+from lowdose.plugins.acquisition.sender import FrameSender  # noqa: E402
+from lowdose.wire.protocol import FrameIndex, Start  # noqa: E402
 
 
 def _finalized(store: Path, timeout: float) -> bool:
@@ -51,16 +52,7 @@ def main() -> None:
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="lowdose-long-", dir=Path.cwd()))
-    endpoint = f"ipc://{tmp}/d.sock"
-    cfg_path = tmp / "config.yaml"
-    cfg_path.write_text(yaml.safe_dump({
-        "server": {"endpoints": [endpoint], "preview_endpoint": None},
-        "storage": {"output_dir": str(tmp / "data"), "layout": args.layout},
-        "restore": {"denoiser": "identity", "policy": "fifo"},
-        "hook": {"endpoint": endpoint, "spool_dir": str(tmp / "spool")},
-    }))
-    cfg = load_config(cfg_path)
-    daemon = DaemonProcess(cfg_path, tmp / "daemon.log", endpoint)
+    cfg, daemon = start_daemon(tmp, layout=args.layout)
     try:
         daemon.wait_ready()
         me, dp = psutil.Process(), psutil.Process(daemon.proc.pid)

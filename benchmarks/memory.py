@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import sys
 import tempfile
 import time
 import tracemalloc
@@ -26,7 +27,10 @@ from pathlib import Path
 
 import numpy as np
 import psutil
-import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_daemon import start_daemon  # noqa: E402
 
 
 def main() -> None:
@@ -41,22 +45,11 @@ def main() -> None:
         return
 
     from lowdose.daemon.client import query_status
-    from lowdose.daemon.config import load_config
     from lowdose.wire.protocol import FrameIndex, Start
-    from lowdose.demo import DaemonProcess
     from lowdose.plugins.acquisition.sender import FrameSender
 
     tmp = Path(tempfile.mkdtemp(prefix="lowdose-mem-"))
-    endpoint = f"ipc://{tmp}/d.sock"
-    cfg_path = tmp / "config.yaml"
-    cfg_path.write_text(yaml.safe_dump({
-        "server": {"endpoints": [endpoint], "preview_endpoint": None},
-        "storage": {"output_dir": str(tmp / "data")},
-        "restore": {"denoiser": args.denoiser, "policy": "fifo"},
-        "hook": {"endpoint": endpoint, "spool_dir": str(tmp / "spool")},
-    }))
-    cfg = load_config(cfg_path)
-    daemon = DaemonProcess(cfg_path, tmp / "daemon.log", endpoint)
+    cfg, daemon = start_daemon(tmp, denoiser=args.denoiser)
     daemon.wait_ready()
     me, dp = psutil.Process(), psutil.Process(daemon.proc.pid)
     rng = np.random.default_rng(0)
@@ -73,7 +66,7 @@ def main() -> None:
             samples.append((i + 1, me.memory_info().rss / 2**20, dp.memory_info().rss / 2**20))
     report = sender.close(timeout=120)
     elapsed = time.perf_counter() - t0
-    st = query_status(endpoint)
+    st = query_status(daemon.endpoint)
     daemon.stop()
     print(f"{args.frames} frames {args.size}x{args.size} uint16 in {elapsed:.1f} s "
           f"({args.frames / elapsed:.0f} frames/s); acked {report.acked}, unacked {report.unacked}; "

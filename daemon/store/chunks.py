@@ -133,11 +133,18 @@ class ChunkFiles:
         write_file(path, codec.encode(pixels), fsync=self.fsync, atomic=exists)
 
     def _run(self, jobs: list[Callable[[], None]]) -> None:
-        if len(jobs) == 1:
-            jobs[0]()
-            return
-        futures = [self._pool.submit(j) for j in jobs]
-        errors = [f.exception() for f in futures]
-        for e in errors:
-            if e is not None:
-                raise e
+        run_jobs(self._pool, jobs)
+
+
+def run_jobs(pool: ThreadPoolExecutor, jobs: list[Callable[[], None]], *, parallel: bool = True) -> None:
+    """Run every job (on ``pool`` when there are several) and wait for all of them before raising the
+    first error: a batch is acked only once every file write of it has ended, failed or not."""
+    if len(jobs) == 1 or not parallel:
+        for job in jobs:
+            job()
+        return
+    futures = [pool.submit(j) for j in jobs]
+    errors = [f.exception() for f in futures]
+    for e in errors:
+        if e is not None:
+            raise e

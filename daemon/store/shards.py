@@ -37,7 +37,7 @@ import numpy as np
 
 from lowdose.wire.durable import fsync_dir
 
-from .chunks import ChunkJob
+from .chunks import ChunkJob, run_jobs
 
 EMPTY = np.uint64(2**64 - 1)
 _BINARY = getattr(os, "O_BINARY", 0)
@@ -242,15 +242,7 @@ class ShardFiles:
         self._pool.shutdown(wait=wait)
 
     def _run(self, jobs: list[Callable[[], None]], parallel: bool) -> None:
-        if len(jobs) == 1 or not parallel:
-            for j in jobs:
-                j()
-            return
-        futures = [self._pool.submit(j) for j in jobs]
-        errors = [f.exception() for f in futures]
-        for e in errors:
-            if e is not None:
-                raise e
+        run_jobs(self._pool, jobs, parallel=parallel)
 
 
 def _write_at(fd: int, offset: int, bufs: Sequence[bytes | memoryview]) -> None:
