@@ -129,3 +129,34 @@ class RunAdaptations:
     def close_all(self) -> None:
         for run in list(self._runs):
             self.close(run)
+
+
+class NoAdaptation:
+    """``restore.adapt: false``: the same questions as :class:`RunAdaptations`, answered so that the
+    restore loop runs exactly as without adaptation (the configured denoiser, nothing to redo)."""
+
+    @contextmanager
+    def restoring(self) -> Iterator[None]:
+        yield
+
+    def denoiser_for(self, state: RunState, base: Denoiser) -> Denoiser:
+        return base
+
+    def after_restore(self, state: RunState, items: tuple[LiveItem, ...], used: Denoiser) -> None:
+        pass
+
+    def settled(self, state: RunState, base: Denoiser) -> bool:
+        return True
+
+    def redo_batch(self, state: RunState, limit: int) -> list[FrameIndex]:
+        return []
+
+    def close(self, run: str) -> None:
+        pass
+
+    def close_all(self) -> None:
+        pass
+
+
+def adaptations_for(cfg: RestoreConfig) -> RunAdaptations | NoAdaptation:
+    return RunAdaptations(cfg) if cfg.adapt else NoAdaptation()

@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from contextlib import nullcontext
 from typing import Callable
 
 import numpy as np
@@ -23,7 +22,7 @@ import zmq
 
 from lowdose.plugins.denoisers.interface import Denoiser
 
-from .adapting import RunAdaptations
+from .adapting import adaptations_for
 from .config import RestoreConfig, ServerConfig
 from .dashboard.mailbox import PreviewMailbox
 from .metrics import DaemonMetrics
@@ -69,7 +68,7 @@ class RestoreLoop(LoopThread):
         self.startup_error: BaseException | None = None
         self._failures: dict[str, int] = {}
         self._backfill_turn = 0
-        self.adaptations = RunAdaptations(restore_cfg) if restore_cfg.adapt else None
+        self.adaptations = adaptations_for(restore_cfg)
 
     def loop(self) -> None:
         try:
@@ -97,8 +96,7 @@ class RestoreLoop(LoopThread):
                     continue
                 self._restore(batch, pub)
         finally:
-            if self.adaptations is not None:
-                self.adaptations.close_all()
+            self.adaptations.close_all()
             if pub is not None:
                 pub.close(linger=0)
 
@@ -114,7 +112,7 @@ class RestoreLoop(LoopThread):
         for k in range(len(candidates)):
             state = candidates[(self._backfill_turn + k) % len(candidates)]
             todo = state.store.unrestored(limit=self.scheduler.batch_size)
-            if not todo and self.adaptations is not None:
+            if not todo:
                 todo = self.adaptations.redo_batch(state, self.scheduler.batch_size)
             if not todo:
                 continue
@@ -134,8 +132,7 @@ class RestoreLoop(LoopThread):
             gave_up = self._failures.get(state.run, 0) >= MAX_CONSECUTIVE_FAILURES
             if self.cfg.backfill and not gave_up and state.store.unrestored_count():
                 continue
-            if self.adaptations is not None and not gave_up and self.denoiser is not None \
-                    and not self.adaptations.settled(state, self.denoiser):
+            if not gave_up and self.denoiser is not None and not self.adaptations.settled(state, self.denoiser):
                 continue
             self.finalize(state)
 
@@ -152,8 +149,7 @@ class RestoreLoop(LoopThread):
         self.scheduler.remove_run(state.run)
         for forgotten in self.runs.retire(record):
             self.metrics.forget_run(forgotten)
-        if self.adaptations is not None:
-            self.adaptations.close(state.run)
+        self.adaptations.close(state.run)
         self._failures.pop(state.run, None)
         self.metrics.active_runs.set(len(self.runs.active()))
         log.info("run %s finished: %s", state.run, state.store.path)
@@ -186,10 +182,10 @@ class RestoreLoop(LoopThread):
             if not items:
                 return
             batch = Batch(run=batch.run, items=items, mode=batch.mode)
-        denoiser = self.denoiser if self.adaptations is None else self.adaptations.denoiser_for(state, self.denoiser)
+        denoiser = self.adaptations.denoiser_for(state, self.denoiser)
         t0 = time.perf_counter()
         try:
-            with self.adaptations.restoring() if self.adaptations is not None else nullcontext():
+            with self.adaptations.restoring():
                 result = restore_into_store(state.store, denoiser, [(it.index, it.pixels) for it in batch.items],
                                             batch.mode, keep_uncertainty=self.cfg.store_uncertainty)
         except Exception as exc:  # a model or disk failure must not kill the loop
@@ -200,8 +196,7 @@ class RestoreLoop(LoopThread):
             return
         self._failures[state.run] = 0
         elapsed = time.perf_counter() - t0
-        if self.adaptations is not None:
-            self.adaptations.after_restore(state, batch.items, denoiser)
+        self.adaptations.after_restore(state, batch.items, denoiser)
         self.metrics.inference_seconds.observe(elapsed)
         self.metrics.batch_size.observe(len(batch.items))
         now = time.monotonic()
