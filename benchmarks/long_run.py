@@ -75,6 +75,8 @@ def main() -> None:
         finalized = _finalized(store, 600)
     finally:
         daemon.stop()
+        if not samples:  # nothing to report: leave no directory behind in the working tree
+            shutil.rmtree(tmp, ignore_errors=True)
     print(f"{args.frames} frames {args.size}x{args.size} uint16, {args.layout}, in {elapsed:.0f} s "
           f"({args.frames / elapsed:.0f} frames/s); acked {report.acked}, unacked {report.unacked}; "
           f"finalized {'yes' if finalized else 'NO'}")

@@ -203,7 +203,7 @@ def run(images: int, size: int, sampler_study: bool, big: bool, timings: bool, d
         methods += [(n, learned(n, device), "") for n in ("n2v", "unet") if n in have]
         methods += [("classical", real_quality.plugin("classical", CAMERA), "lowdose GAT+NLM")]
         if "unet" in have:
-            methods.append(("auto", real_quality.plugin("auto", CAMERA), "dose-aware"))
+            methods.append(("auto", real_quality.plugin("auto", CAMERA), "risk-weighted"))
         captured: dict[str, np.ndarray] = {}
         if "ddpm" in have:
             methods += [(f"ddpm K={kk}", learned(ddpm, device, samples=kk, steps=10), "DDIM 10 steps") for kk in (1, 4)]

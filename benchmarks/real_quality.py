@@ -75,7 +75,7 @@ def methods_for(cam: CameraModel, noisy: np.ndarray, clean: np.ndarray | None,
     out += [("bm3d (GAT)", bm3d(cam), ""), ("classical", plugin("classical", cam), "lowdose GAT+NLM")]
     out += [(name, learned(w, cam), "") for name, w in models.items()]
     if "unet" in models:  # what the daemon runs by default
-        out.append(("auto", plugin("auto", cam), "dose-aware: unet, classical above the threshold"))
+        out.append(("auto", plugin("auto", cam), "risk-weighted: unet, raw and Gaussian filters weighted by SURE"))
     return out
 
 

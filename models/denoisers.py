@@ -1,4 +1,5 @@
-"""Denoiser plug-ins backed by lowdose's learned models (``unet``, ``n2v``, ``ddpm``, ``dose-aware``, ``auto``).
+"""Denoiser plug-ins backed by lowdose's learned models (``unet``, ``n2v``, ``ddpm``, ``risk-weighted``,
+``dose-aware``, ``auto``).
 
 Registered in the ``lowdose.denoisers`` entry-point group; ``config.yaml``
 selects one with ``restore.denoiser`` and passes ``restore.denoiser_options``
@@ -57,9 +58,22 @@ def dose_aware(
     return DoseAwareDenoiser(_load("unet", device, weights, options), VstNlmDenoiser(), threshold_photons)
 
 
+def risk_weighted(device: str = "auto", weights: str | None = None, model: str = "dose-aware",
+                  fit_side: int = 1024, probe_photons: float = 0.3, read_noise: float | None = None,
+                  **options: Any) -> Denoiser:
+    """``model`` (default ``dose-aware``; ``unet`` or a checkpoint in ``weights``) blended per frame with
+    the raw frame and Gaussian filters where each one's error, estimated from the frame itself, says
+    the blend is clearly closer to the truth."""
+    from .risk_weighted import RiskWeightedDenoiser
+
+    base = dose_aware(device, weights, **options) if model == "dose-aware" else _load(model, device, weights, options)
+    return RiskWeightedDenoiser(base, fit_side=fit_side, probe_photons=probe_photons, read_noise=read_noise)
+
+
 def resolve_auto(device: str) -> str:
-    """What ``auto`` builds on ``device``: ``dose-aware`` (the fast UNet where it beats the classical
-    denoiser, GAT + NLM where it does not); ``classical`` without models."""
+    """What ``auto`` builds on ``device``: ``risk-weighted`` (the fast UNet, blended per frame with
+    the raw frame and Gaussian filters where that is estimated to be closer to the truth);
+    ``classical`` without models."""
     from lowdose.plugins.denoisers.registry import available_denoisers
 
     try:
@@ -68,8 +82,8 @@ def resolve_auto(device: str) -> str:
         name = default_live_model(device)
     except Exception:  # no torch or no weights: still a working service
         return "classical"
-    if name == "unet" and "dose-aware" in available_denoisers():
-        return "dose-aware"
+    if name == "unet" and "risk-weighted" in available_denoisers():
+        return "risk-weighted"
     return name if name in available_denoisers() else "classical"
 
 

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 # Sampling the DDPM twice with two DDIM steps checks the contract; its quality is tested elsewhere.
 FAST_OPTIONS: dict[str, dict[str, Any]] = {"ddpm": {"samples": 2, "steps": 2}}
 # lowdose's own plug-ins, learned or not; a third party's checksum is only checked for its form
-OWN_LEARNED = {"identity": False, "classical": False, "unet": True, "n2v": True, "ddpm": True}
+OWN_LEARNED = {"identity": False, "classical": False, "unet": True, "n2v": True, "ddpm": True, "risk-weighted": True}
 
 
 class InstalledDenoiser(DenoiserTests):

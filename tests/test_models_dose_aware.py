@@ -41,9 +41,11 @@ def test_each_frame_goes_to_the_model_for_its_dose() -> None:
         DoseAwareDenoiser(unet, nlm, threshold_photons=0.0)
 
 
-def test_auto_is_the_dose_aware_unet_and_says_so() -> None:
-    assert resolve_auto("cpu") == "dose-aware"
+def test_auto_builds_on_the_dose_aware_unet_and_says_so() -> None:
+    assert resolve_auto("cpu") == "risk-weighted"  # the dose-aware choice, blended by risk (tests/test_risk.py)
     den = create_denoiser("auto", {}, device="cpu")
+    assert den.info.parameters["learned"]["name"] == "dose-aware"
+    den = create_denoiser("dose-aware", {}, device="cpu")
     assert den.info.name == "dose-aware"
     p = den.info.parameters
     assert p["below_threshold"]["name"] == "unet" and len(p["below_threshold"]["checksum"]) == 64
