@@ -53,6 +53,7 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="lowdose-long-", dir=Path.cwd()))
     cfg, daemon = start_daemon(tmp, layout=args.layout)
+    samples: list[tuple[int, float, float, int, int]] = []
     try:
         daemon.wait_ready()
         me, dp = psutil.Process(), psutil.Process(daemon.proc.pid)
@@ -60,7 +61,6 @@ def main() -> None:
         frames = [(100 + rng.poisson(8, (args.size, args.size))).astype(np.uint16) for _ in range(8)]
         sender = FrameSender(cfg.hook, Start(run="long", shape=(args.size, args.size), dtype="uint16"))
         sender.start()
-        samples = []
         t0 = time.perf_counter()
         for i in range(args.frames):
             while sender.counters().unacked > 64:
