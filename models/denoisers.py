@@ -59,7 +59,7 @@ def dose_aware(
 
 
 def risk_weighted(device: str = "auto", weights: str | None = None, model: str = "dose-aware",
-                  fit_side: int = 1024, probe_photons: float = 0.3, read_noise: float | None = None,
+                  fit_side: int = 256, probe_photons: float = 0.3, read_noise: float | None = None,
                   **options: Any) -> Denoiser:
     """``model`` (default ``dose-aware``; ``unet`` or a checkpoint in ``weights``) blended per frame with
     the raw frame and Gaussian filters where each one's error, estimated from the frame itself, says

@@ -10,8 +10,9 @@ weighted sum of {the raw frame, Gaussian filters of several widths, the
 network} that it says is closest to the truth: the network where it helps,
 the filters and a share of the raw frame where the network over-smooths.
 
-Cost: the network once per frame plus twice on one ``fit_side`` window (the
-probe that estimates its derivative), Gaussian filters, a small least squares.
+Cost: the network once per frame plus once on the probed frame (on one
+``fit_side`` window of larger frames: then twice, unprobed and probed, on the
+window), Gaussian filters, a small least squares.
 """
 
 from __future__ import annotations
@@ -48,6 +49,17 @@ def fit_window(image: np.ndarray, side: int) -> tuple[slice, slice]:
             best = max(best, (float(image[y : y + sh, x : x + sw].std()), y, x))
     _, y, x = best
     return slice(y, y + sh), slice(x, x + sw)
+
+
+def _filtered_window(frame: np.ndarray, win: tuple[slice, slice], sigma: float) -> np.ndarray:
+    """``gaussian_filter(frame, sigma)[win]``, filtering only the window and the margin it reads."""
+    margin = int(4.0 * sigma + 0.5) + 1
+    h, w = frame.shape
+    ys, xs = win
+    y0, y1 = max(ys.start - margin, 0), min(ys.stop + margin, h)
+    x0, x1 = max(xs.start - margin, 0), min(xs.stop + margin, w)
+    part = ndimage.gaussian_filter(frame[y0:y1, x0:x1].astype(np.float64), sigma)
+    return part[ys.start - y0 : ys.stop - y0, xs.start - x0 : xs.stop - x0]
 
 
 class RiskWeightedDenoiser(BaseDenoiser):
@@ -93,7 +105,9 @@ class RiskWeightedDenoiser(BaseDenoiser):
             offset = est.offset if offset is None else offset
             gain = est.gain if gain is None else gain
         model = self.learned.restore(frames, offset=offset, gain=gain).frames.astype(np.float32)
-        fitted = fit_noise(frames, offset, gain)
+        windows = [fit_window(m, self.fit_side) for m in model]
+        crops = np.stack([f[w] for f, w in zip(frames, windows)])
+        fitted = fit_noise(crops, offset, gain)
         self.last_noise = fitted
         if not fitted.agrees():
             # the risk estimate is only as good as the noise model: fitted to a wrong variance, the
@@ -102,30 +116,41 @@ class RiskWeightedDenoiser(BaseDenoiser):
             return model, None
         rn = self.read_noise if self.read_noise is not None else fitted.read_noise
         noise = CameraNoise(offset, gain, rn)
-        windows = [fit_window(m, self.fit_side) for m in model]
         step = self.probe_photons * gain
-        crops = np.stack([f[w] for f, w in zip(frames, windows)])
         probes = np.random.default_rng(self.seed).standard_normal(crops.shape)  # a fixed seed: same input, same output
         probed = (crops + step * probes).astype(np.float32)
-        on_crops = self.learned.restore(np.concatenate([crops, probed]), offset=offset, gain=gain).frames
         n = len(frames)
+        if crops.shape[1:] == frames.shape[1:]:  # the window is the frame: its restoration is already at hand
+            on_crops = np.concatenate([model, self.learned.restore(probed, offset=offset, gain=gain).frames])
+        else:
+            on_crops = self.learned.restore(np.concatenate([crops, probed]), offset=offset, gain=gain).frames
         out = np.empty_like(frames)
         self.last_fit = []
         for i, (frame, win) in enumerate(zip(frames, windows)):
-            y = frame.astype(np.float64)
-            smooth = [ndimage.gaussian_filter(y, s) for s in self.sigmas]
-            var = noise.variance(y[win])
-            outputs = [y[win], *(s[win] for s in smooth), on_crops[i].astype(np.float64)]
-            divergence = [var, *(t * var for t in self.taps),
-                          probe_divergence(on_crops[i], on_crops[n + i], probes[i], step, var)]
-            cands = Candidates(self._names(), np.stack([o.ravel() for o in outputs]),
-                               np.stack([d.ravel() for d in divergence]))
-            fit = fit_or_keep(y[win], cands, var, keep=len(outputs) - 1, modes=self.modes)
+            fit = self._fit(frame, win, on_crops[i], on_crops[n + i], probes[i], step, noise)
             self.last_fit.append(fit)
-            w = fit.weights
-            combined = w[0] * y + sum(wk * s for wk, s in zip(w[1:-1], smooth)) + w[-1] * model[i]
-            out[i] = combined.astype(np.float32)
+            out[i] = self._blend(frame, model[i], fit.weights)
         return out, None
+
+    def _fit(self, frame: np.ndarray, win: tuple[slice, slice], restored: np.ndarray, probed: np.ndarray,
+             probe: np.ndarray, step: float, noise: CameraNoise) -> Combination:
+        """Weights for one frame, fitted on its window."""
+        y = frame[win].astype(np.float64)
+        var = noise.variance(y)
+        smooth = [_filtered_window(frame, win, s) for s in self.sigmas]
+        outputs = [y, *smooth, restored.astype(np.float64)]
+        divergence = [var, *(t * var for t in self.taps), probe_divergence(restored, probed, probe, step, var)]
+        cands = Candidates(self._names(), np.stack([o.ravel() for o in outputs]),
+                           np.stack([d.ravel() for d in divergence]))
+        return fit_or_keep(y, cands, var, keep=len(outputs) - 1, modes=self.modes)
+
+    def _blend(self, frame: np.ndarray, restored: np.ndarray, w: np.ndarray) -> np.ndarray:
+        """The weighted sum over the whole frame; only filters that got a weight are run on it."""
+        out = w[-1] * restored.astype(np.float64) + w[0] * frame.astype(np.float64)
+        for wk, sigma in zip(w[1:-1], self.sigmas):
+            if wk != 0.0:
+                out += wk * ndimage.gaussian_filter(frame.astype(np.float64), sigma)
+        return out.astype(np.float32)
 
     def describe_last(self) -> list[dict[str, Any]]:
         """The weights each frame of the last batch got, for logs and benchmarks."""

@@ -133,3 +133,13 @@ def test_auto_blends_the_model_by_estimated_risk_and_keeps_it_when_the_camera_is
     wrong = den.restore(frames, offset=CAM.offset, gain=CAM.gain * 3).frames
     np.testing.assert_array_equal(wrong, den.learned.restore(frames, offset=CAM.offset, gain=CAM.gain * 3).frames)
     assert den.last_fit == [] and den.last_noise is not None and not den.last_noise.agrees()
+
+
+def test_filtering_only_the_window_gives_the_whole_frames_filter_there() -> None:
+    from lowdose.models.risk_weighted import _filtered_window
+
+    frame = np.random.default_rng(0).random((300, 280))
+    for win in [(slice(0, 128), slice(0, 128)), (slice(100, 228), slice(60, 188)), (slice(172, 300), slice(152, 280))]:
+        for sigma in (0.7, 3.0):
+            np.testing.assert_allclose(_filtered_window(frame, win, sigma), ndimage.gaussian_filter(frame, sigma)[win],
+                                       rtol=0, atol=1e-12)
