@@ -7,8 +7,9 @@ depends on the sample and the dose, and the truth is never at hand. Stein's
 unbiased risk estimate (``plugins/denoisers/risk.py``) measures each
 restoration's error from the noisy frame itself, so every frame gets the
 weighted sum of {the raw frame, Gaussian filters of several widths, the
-network} that it says is closest to the truth: the network where it helps,
-the filters and a share of the raw frame where the network over-smooths.
+network, the network with a smoothed share of what it removed put back} that
+it says is closest to the truth: the network where it helps, the filters and
+the detail where the network over-smooths.
 
 Cost: the network once per frame plus once on the probed frame (on one
 ``fit_side`` window of larger frames: then twice, unprobed and probed, on the
@@ -37,6 +38,9 @@ from lowdose.plugins.denoisers.risk import (
 )
 
 SIGMAS = (0.7, 1.0, 1.5, 2.0, 3.0)
+# "detail" candidates: the model's restoration plus a smoothed share of what it removed, for
+# texture a network trained on simulated samples mistakes for noise
+DETAIL_SIGMAS = (1.0, 2.0)
 
 
 def fit_window(image: np.ndarray, side: int) -> tuple[slice, slice]:
@@ -90,12 +94,15 @@ class RiskWeightedDenoiser(BaseDenoiser):
                                     "parameters": li.parameters},
                         "gaussian_sigmas_px": list(self.sigmas), "fit_side_px": fit_side,
                         "probe_photons": probe_photons, "read_noise_e": read_noise if read_noise is not None else "estimated",
-                        "method": "per-frame weights over raw, Gaussian filters and the model, minimising SURE"},
+                        "detail_sigmas_px": list(DETAIL_SIGMAS),
+                        "method": "per-frame weights over raw, Gaussian filters, the model and the model with "
+                                  "smoothed detail put back, minimising SURE"},
             preferred_batch=li.preferred_batch, tile_size=li.tile_size, device=li.device,
         )
 
     def _names(self) -> tuple[str, ...]:
-        return ("raw", *(f"gaussian {s:g}" for s in self.sigmas), self.learned.info.name)
+        return ("raw", *(f"gaussian {s:g}" for s in self.sigmas), *(f"detail {s:g}" for s in DETAIL_SIGMAS),
+                self.learned.info.name)
 
     def _restore_float(
         self, frames: np.ndarray, *, offset: float | None, gain: float | None
@@ -138,18 +145,29 @@ class RiskWeightedDenoiser(BaseDenoiser):
         y = frame[win].astype(np.float64)
         var = noise.variance(y)
         smooth = [_filtered_window(frame, win, s) for s in self.sigmas]
-        outputs = [y, *smooth, restored.astype(np.float64)]
-        divergence = [var, *(t * var for t in self.taps), probe_divergence(restored, probed, probe, step, var)]
+        u, u_probed = restored.astype(np.float64), probed.astype(np.float64)
+        y_probed = y + step * probe
+        details = [(u + ndimage.gaussian_filter(y - u, s), u_probed + ndimage.gaussian_filter(y_probed - u_probed, s))
+                   for s in DETAIL_SIGMAS]
+        outputs = [y, *smooth, *(d for d, _ in details), u]
+        divergence = [var, *(t * var for t in self.taps),
+                      *(probe_divergence(d, dp, probe, step, var) for d, dp in details),
+                      probe_divergence(u, u_probed, probe, step, var)]
         cands = Candidates(self._names(), np.stack([o.ravel() for o in outputs]),
                            np.stack([d.ravel() for d in divergence]))
         return fit_or_keep(y, cands, var, keep=len(outputs) - 1, modes=self.modes)
 
     def _blend(self, frame: np.ndarray, restored: np.ndarray, w: np.ndarray) -> np.ndarray:
         """The weighted sum over the whole frame; only filters that got a weight are run on it."""
-        out = w[-1] * restored.astype(np.float64) + w[0] * frame.astype(np.float64)
-        for wk, sigma in zip(w[1:-1], self.sigmas):
+        y, u = frame.astype(np.float64), restored.astype(np.float64)
+        out = w[-1] * u + w[0] * y
+        n = len(self.sigmas)
+        for wk, sigma in zip(w[1 : 1 + n], self.sigmas):
             if wk != 0.0:
-                out += wk * ndimage.gaussian_filter(frame.astype(np.float64), sigma)
+                out += wk * ndimage.gaussian_filter(y, sigma)
+        for wk, sigma in zip(w[1 + n : -1], DETAIL_SIGMAS):
+            if wk != 0.0:
+                out += wk * (u + ndimage.gaussian_filter(y - u, sigma))
         return out.astype(np.float32)
 
     def describe_last(self) -> list[dict[str, Any]]:
