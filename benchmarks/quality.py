@@ -165,7 +165,7 @@ def speed(methods: dict[str, Method], ddpm_evals: dict[str, int], big: bool, ddp
     out: dict[str, dict[str, float | str]] = {}
     for name, m in methods.items():
         ms512 = _time(lambda: m(frames[512]))
-        measured = big and name in ("gaussian", "unet", "n2v", "classical")
+        measured = big and name in ("gaussian", "unet", "n2v", "classical", "auto")
         ms2048 = _time(lambda: m(frames[2048])) if measured else ms512 * 16
         out[name] = {"ms_512": ms512, "ms_2048": ms2048, "2048": "measured" if measured else "x16 of 512^2"}
     if ddpm_evals:
@@ -228,6 +228,8 @@ def run(images: int, size: int, sampler_study: bool, big: bool, timings: bool, d
         timing_methods: dict[str, Method] = {"gaussian": gaussian(1.5), "nlm (GAT)": nlm(0.8), "bm3d (GAT)": bm3d_method}
         timing_methods.update({n: learned(n) for n in ("n2v", "unet") if n in have})
         timing_methods["classical"] = real_quality.plugin("classical", CAMERA)
+        if "unet" in have:
+            timing_methods["auto"] = real_quality.plugin("auto", CAMERA)
         evals = {"ddpm K=1 (10 steps)": 10, "ddpm K=4 (10 steps)": 40, "ddpm K=8 (10 steps)": 80, "ddpm 200 ancestral": 200}
         rep.speed_ms = speed(timing_methods, evals if "ddpm" in have else {}, big, ddpm)
     return rep
