@@ -2,7 +2,8 @@
 
 One pass of the embedded base UNet, then K samples of the residual diffusion
 (``models/residual.py``) around its estimate: their mean is the restored frame,
-their spread, times the checkpoint's calibration factor for K, the uncertainty:
+their spread (with a calibrated share of the shot noise added in quadrature), times the
+checkpoint's calibration factor for K, the uncertainty:
 a per-pixel standard deviation in ADU such that ``frames +- 1.645 * uncertainty``
 held the truth at 90 % of the pixels of simulated calibration frames.
 """
@@ -26,6 +27,10 @@ from .unet import build_network
 
 BASE_BYTES_PER_PX = 48.0 * 16  # the base UNet's activations, as NetworkDenoiser plans them
 BASE_OVERLAP = 64
+# "posterior": the restored frame is the network's x0 estimate at the first (noisiest) step, i.e.
+# E[residual | condition] with no Monte-Carlo noise; "samples": the mean of the K samples, whose
+# error exceeds the posterior mean's by the samples' variance / K.
+ESTIMATES = ("posterior", "samples")
 
 
 def _nearest(keys: list[int], value: int) -> int:
@@ -53,8 +58,12 @@ class ResidualDiffusionDenoiser(_LearnedBase):
 
     def __init__(
         self, ckpt: Checkpoint, *, samples: int = 4, sampler: Sampler = "ddim", steps: int = 4, seed: int = 0,
-        calibrated: bool = True, **kw: Any,
+        calibrated: bool = True, estimate: str = "posterior", shrink: float | None = None,
+        noise_floor: float | None = None, **kw: Any,
     ) -> None:
+        if estimate not in ESTIMATES:
+            raise ValueError(f"estimate must be one of {', '.join(ESTIMATES)}, got {estimate!r}")
+        self.estimate_kind = estimate
         if ckpt.base is None:
             raise CheckpointError("an rddpm checkpoint must embed its base network ('base'); retrain it")
         if sampler not in SAMPLERS:
@@ -66,6 +75,12 @@ class ResidualDiffusionDenoiser(_LearnedBase):
         self.diffusion = ConditionalDiffusion(steps=int(ckpt.diffusion.get("steps", 200)), prediction="x0")
         self.calibration = dict(ckpt.diffusion.get("calibration") or {})
         self.factor = calibration_factor(self.calibration, self.samples, self.steps) if calibrated else 1.0
+        # The share of the predicted residual added to the unet's estimate (1: all of it, 0: the unet),
+        # fitted with the factors; the MSE-optimal shrinkage of a prediction that is partly noise.
+        self.shrink = float(self.calibration.get("shrink", 1.0) if shrink is None else shrink)
+        # Share of each pixel's shot-noise std added (in quadrature) to the samples' spread before
+        # the factor (models/calibration.py): the part of the error the samples do not spread over.
+        self.noise_floor = float(self.calibration.get("noise_floor", 0.0) if noise_floor is None else noise_floor)
         super().__init__(ckpt, **kw)
         base = build_network(ckpt.base["arch"])
         base.load_state_dict(ckpt.base["state_dict"])
@@ -77,7 +92,8 @@ class ResidualDiffusionDenoiser(_LearnedBase):
             **super()._parameters(), "samples": self.samples, "sampler": self.sampler,
             "steps": self.steps if self.sampler != "ancestral" else self.diffusion.steps, "seed": self.seed,
             "base": str(self.checkpoint.base.get("checksum", ""))[:12] if self.checkpoint.base else "",
-            "uncertainty_factor": self.factor,
+            "uncertainty_factor": self.factor, "estimate": self.estimate_kind, "shrink": self.shrink,
+            "noise_floor": self.noise_floor,
         }
 
     def estimate(self, x: torch.Tensor) -> torch.Tensor:
@@ -111,9 +127,11 @@ class ResidualDiffusionDenoiser(_LearnedBase):
             xi, ei = x[i : i + 1], est[i : i + 1]
             res = self.sample_residuals(condition(xi, ei), self.samples, self.seed + i)
             noise = xi[:, 1:2]
-            means.append(from_residual(res.mean.cpu(), ei, noise, self.residual)[0, 0].numpy())
+            r = res.first_x0 if self.estimate_kind == "posterior" else res.mean
+            means.append(from_residual(self.shrink * r.cpu(), ei, noise, self.residual)[0, 0].numpy())
             if res.std is not None:
-                std = self.factor * residual_scale(noise, self.residual) * res.std.cpu()
+                spread = residual_scale(noise, self.residual) * res.std.cpu()
+                std = self.factor * torch.sqrt(spread**2 + (self.noise_floor * noise) ** 2)
                 stds.append(std[0, 0].numpy())
         out = normalize.from_unit(np.stack(means), scale)
         unc = normalize.std_from_unit(np.stack(stds), scale) if stds else None
