@@ -127,7 +127,7 @@ def coverage(den: Any, s: SimFrames, z: float = Z90) -> float:
     return float(np.mean(np.abs(s.clean - mean) <= z * unc))
 
 
-def calibrate(checkpoint: str | Path, out: str | Path | None = None, *, n: int = 32, size: int = 128,
+def calibrate(checkpoint: str | Path, out: str | Path | None = None, *, n: int = 48, size: int = 128,
               seed: int = CALIBRATION_SEED, ks: tuple[int, ...] = CALIBRATED_K, sampler: str = "ddim",
               steps: tuple[int, ...] = CALIBRATED_STEPS) -> dict[str, Any]:
     """Fit c_K for each K in ``ks`` and sampler step count in ``steps`` on ``n`` simulated

@@ -19,8 +19,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 CAM = CameraModel(offset=100.0, gain=1.0, read_noise=1.5)
 # Held-out coverage of the shipped weights' 90 % interval on the fixed set below (K = 4, 4 DDIM
-# steps, 6 frames of 64^2 per dose); measured 0.8x-0.9x (benchmarks/RESULTS.md has the full sets).
-SHIPPED_COVERAGE_BAND = (0.80, 0.97)
+# steps, 6 frames of 64^2 per dose): the target band; measured 0.945 / 0.870 / 0.914 at 5 / 20 / 100
+# photons (benchmarks/RESULTS.md has the larger held-out sets).
+SHIPPED_COVERAGE_BAND = (0.85, 0.95)
 
 
 def _rddpm_checkpoint(perturb: float = 0.0, calibration: dict | None = None) -> Checkpoint:
