@@ -439,7 +439,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "ddpm": dict(model="ddpm", epochs=6, steps_per_epoch=150, batch=8, crop=64, lr=1e-3, ema=0.995, prediction="v"),
     # Residual diffusion over the shipped unet (models/residual.py), the unet's own domain-randomised data;
     # 96 px crops of which the inner 64 px are diffused (the unet sees 16 px of context around them).
-    # ~35 min on one thread of this 2-core CPU (7,000 steps); calibrated afterwards (models/calibration.py).
+    # 7,000 steps, 26.8 min on one thread of this shared 2-core CPU; then calibrated (models/calibration.py).
     "rddpm": dict(model="rddpm", epochs=14, steps_per_epoch=500, batch=8, crop=96, lr=1e-3, ema=0.999,
                   sim_domain="randomised", sim_photons=(1.0, 1500.0), sim_scenes=48, seed=3, threads=1),
     # GPU recipes, run in resumable segments (max_minutes / resume). ddpm-gpu is the largest network
