@@ -12,6 +12,7 @@ from .unet import build_network, count_parameters
 DESCRIPTIONS = {
     "unet": "Compact CARE-style UNet trained on (low-dose, noise-free) pairs; one forward pass per frame: the live model. With `noise_map` in its normalisation it also reads each pixel's expected noise level (a second input channel).",
     "n2v": "Noise2Void with the N2V2 fixes (blur-pool, no full-resolution skip, neighbour-median masking), trained on noisy frames only.",
+    "rddpm": "Residual diffusion over the shipped unet (models/residual.py): one pass of the unet (embedded in this file), then K samples of a small conditional diffusion model of the residual (clean - unet), scaled by each pixel's expected noise, conditioned on the unet's estimate, the frame, what the unet removed and the noise map; x0 prediction, cosine schedule, DDIM or DPM-Solver++(2M) in a few steps. The restored frame is the unet's estimate plus the shrunk posterior-mean residual; the samples' spread, times a split-conformal factor fitted on simulated truth, is the uncertainty (frames +- 1.645 x uncertainty is the 90 % interval).",
     "ddpm": "Conditional DDPM (Osuna-Vargas et al., WACV 2025, scaled down): noisy target and low-dose frame stacked as channels, continuous noise-level conditioning, cosine schedule, T = 200; DDIM or ancestral sampling; K samples averaged, their std as uncertainty.",
 }
 

@@ -18,7 +18,7 @@ from lowdose.plugins.denoisers.interface import DenoiserError
 
 FORMAT = "lowdose-model"
 FORMAT_VERSION = 1
-KINDS = ("unet", "n2v", "ddpm")
+KINDS = ("unet", "n2v", "ddpm", "rddpm")
 
 
 class CheckpointError(DenoiserError):
@@ -27,7 +27,7 @@ class CheckpointError(DenoiserError):
 
 @dataclass
 class Checkpoint:
-    kind: str  # "unet" | "n2v" | "ddpm"
+    kind: str  # "unet" | "n2v" | "ddpm" | "rddpm" (residual diffusion over a base network)
     arch: dict[str, Any]  # network config for unet.build_network
     state_dict: dict[str, torch.Tensor]
     normalisation: dict[str, Any]  # NormSpec fields
@@ -38,6 +38,9 @@ class Checkpoint:
     training: dict[str, Any] = field(default_factory=dict)  # step, epoch, recipe, hyper-parameters
     lowdose_version: str = ""
     optimizer: dict[str, Any] | None = None  # only in resumable (non-shipped) checkpoints
+    # rddpm only: the network it refines, embedded (kind, arch, state_dict, normalisation, checksum),
+    # so a later retraining of that network cannot silently change what this model refines
+    base: dict[str, Any] | None = None
     checksum: str = ""  # sha256 of the file it was read from
 
     def to_dict(self, with_optimizer: bool = True) -> dict[str, Any]:
@@ -55,6 +58,7 @@ class Checkpoint:
             "training": self.training,
             "lowdose_version": self.lowdose_version,
             "optimizer": self.optimizer if with_optimizer else None,
+            "base": self.base,
         }
 
 
@@ -105,7 +109,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         diffusion=raw.get("diffusion") or {}, data=raw.get("data") or {},
         metrics=raw.get("metrics") or {}, training=raw.get("training") or {},
         lowdose_version=raw.get("lowdose_version", ""), optimizer=raw.get("optimizer"),
-        checksum=hashlib.sha256(data).hexdigest(),
+        base=raw.get("base"), checksum=hashlib.sha256(data).hexdigest(),
     )
 
 

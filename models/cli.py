@@ -62,7 +62,7 @@ def train_model(
 
 @train_app.command("recipe")
 def train_recipe_cmd(
-    name: str = typer.Argument(..., help="unet, n2v, ddpm (the shipped models' recipes), unet-simple (the first unet), ddpm-gpu or ddpm-paper (GPU)"),
+    name: str = typer.Argument(..., help="unet, n2v, rddpm (the shipped models' recipes; rddpm ships as ddpm), ddpm (a plain DDPM), unet-simple (the first unet), ddpm-gpu or ddpm-paper (GPU)"),
     out: Path = typer.Option(..., "--out", "-o"),
     scale: float = typer.Option(1.0, help="multiply the step budget (e.g. 10 on a GPU)"),
     device: str = typer.Option("auto"),

@@ -46,7 +46,9 @@ def load(name: str | Path, *, device: str = "auto", **options: Any) -> BaseDenoi
     """A ready denoiser for a shipped model name or a checkpoint path.
 
     Options: ``tile``, ``overlap``, ``batch`` for every model; ``samples``,
-    ``sampler`` ("ddim" | "ancestral"), ``steps`` and ``seed`` for "ddpm".
+    ``sampler`` ("ddim" | "dpmpp2m" | "ancestral"), ``steps`` and ``seed`` for diffusion models
+    ("ddpm"); residual ones (checkpoint kind "rddpm", the shipped "ddpm") also take ``estimate``
+    ("posterior" | "samples"), ``shrink`` and ``calibrated`` (models/residual_denoiser.py).
     """
     model_name, path = resolve(name)
     ckpt = load_checkpoint(path)

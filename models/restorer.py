@@ -162,7 +162,13 @@ class DiffusionDenoiser(_LearnedBase):
 def denoiser_from_checkpoint(
     ckpt: Checkpoint, *, name: str, path: str | Path = "<memory>", device: str = "auto", **options: Any
 ) -> BaseDenoiser:
-    cls = DiffusionDenoiser if ckpt.kind == "ddpm" else NetworkDenoiser
+    cls: type[BaseDenoiser]
+    if ckpt.kind == "rddpm":
+        from .residual_denoiser import ResidualDiffusionDenoiser
+
+        cls = ResidualDiffusionDenoiser
+    else:
+        cls = DiffusionDenoiser if ckpt.kind == "ddpm" else NetworkDenoiser
     try:
         return cls(ckpt, name=name, path=path, device=device, **options)
     except TypeError as exc:

@@ -28,13 +28,17 @@ from .registry import resolve
 from .restorer import from_diffusion_space, to_diffusion_space
 from .unet import build_network, count_parameters
 
-ModelKind = Literal["unet", "n2v", "ddpm"]
+ModelKind = Literal["unet", "n2v", "ddpm", "rddpm"]
 LOSSES = ("mse", "noise-relative", "psnr")  # unet; the last two need the noise-map channel
 
 DEFAULT_ARCH: dict[str, dict[str, Any]] = {
     "unet": {"name": "FastUNet", "base": 16, "depth": 3, "residual": True, "blind_spot_safe": False},
     "n2v": {"name": "FastUNet", "base": 16, "depth": 3, "residual": False, "blind_spot_safe": True},
     "ddpm": {"name": "DiffusionUNet", "base": 32, "mults": [1, 2, 2], "blocks": 1, "attention": True},
+    # residual diffusion over the unet: x_t and 4 condition channels (models/residual.py); no attention,
+    # so its tiles can be any size, and small enough that K samples x a few steps stay affordable on a CPU
+    "rddpm": {"name": "DiffusionUNet", "base": 16, "mults": [1, 2, 2], "blocks": 1, "attention": False,
+              "in_channels": 5},
 }
 
 
@@ -64,6 +68,7 @@ class TrainConfig:
     seed: int = 0
     resume: bool = False  # continue from out_dir/last.pt
     finetune: str | None = None  # shipped model name or checkpoint path to start from
+    base: str = "unet"  # rddpm: the network whose estimate it refines (shipped name or checkpoint path)
     val_size: int = 12
     val_fraction: float = 0.1
     threads: int | None = 2
@@ -93,7 +98,7 @@ def _sources(cfg: TrainConfig) -> tuple[Source, Batch]:
         raise ValueError("give training data (low=..., and high=... for paired training) or simulate=True")
     noisy = load_frames(cfg.low)
     clean = load_frames(cfg.high) if cfg.high is not None else None
-    if cfg.model in ("unet", "ddpm") and clean is None:
+    if cfg.model in ("unet", "ddpm", "rddpm") and clean is None:
         raise ValueError(f"model {cfg.model!r} trains on pairs: give high=... (or use model='n2v')")
     # n2v ignores targets for its loss but uses them, when given, to report PSNR/SSIM
     offset = cfg.offset if cfg.offset is not None else normalize.estimate_offset(noisy[: min(len(noisy), 16)])
@@ -213,6 +218,39 @@ def _train_step(
     return loss.item()
 
 
+def _objective(cfg: TrainConfig, device: torch.device) -> Any:
+    if cfg.model != "rddpm":
+        return _Objective(cfg.model, cfg.prediction, cfg.seed, cfg.loss)
+    from .residual import ResidualObjective, ResidualSpec
+
+    _, path = resolve(cfg.base)
+    ck = load_checkpoint(path)
+    if ck.kind != "unet" or not normalize.NormSpec(**ck.normalisation).noise_map:
+        raise CheckpointError(f"rddpm refines a noise-map unet (its condition holds the noise map); {path} is a "
+                              f"{ck.kind} without one: give base='unet' or a checkpoint trained with noise_map")
+    return ResidualObjective(build_from_checkpoint(ck, path).to(device), ResidualSpec(), seed=cfg.seed)
+
+
+def _base_section(cfg: TrainConfig) -> dict[str, Any] | None:
+    """rddpm: the refined network, embedded in the checkpoint."""
+    if cfg.model != "rddpm":
+        return None
+    _, path = resolve(cfg.base)
+    b = load_checkpoint(path)
+    return {"kind": b.kind, "arch": b.arch, "state_dict": b.state_dict, "normalisation": b.normalisation,
+            "checksum": b.checksum, "source": str(cfg.base)}
+
+
+def _diffusion_section(cfg: TrainConfig) -> dict[str, Any]:
+    if cfg.model == "ddpm":
+        return {"steps": 200, "schedule": "cosine", "prediction": cfg.prediction}
+    if cfg.model == "rddpm":
+        from .residual import ResidualSpec
+
+        return {"steps": 200, "schedule": "cosine", "prediction": "x0", "residual": ResidualSpec().to_dict()}
+    return {}
+
+
 def _init_model(cfg: TrainConfig) -> tuple[nn.Module, dict[str, Any], str | None]:
     if cfg.finetune:
         _, path = resolve(cfg.finetune)
@@ -228,8 +266,8 @@ def _init_model(cfg: TrainConfig) -> tuple[nn.Module, dict[str, Any], str | None
 
 def _norm_spec(cfg: TrainConfig) -> normalize.NormSpec:
     """A fine-tuned model keeps its base's normalisation (its noise-map channel included)."""
-    if cfg.finetune:
-        _, path = resolve(cfg.finetune)
+    if cfg.finetune or cfg.model == "rddpm":  # rddpm: the base network's input is the condition
+        _, path = resolve(cfg.finetune or cfg.base)
         return normalize.NormSpec(**load_checkpoint(path).normalisation)
     if cfg.noise_map and cfg.model != "unet":
         raise ValueError(f"noise_map is for the supervised unet; {cfg.model!r} cannot use it "
@@ -248,7 +286,7 @@ class _Session:
     net: nn.Module
     ema: nn.Module
     opt: torch.optim.Optimizer
-    obj: _Objective
+    obj: Any  # _Objective, or residual.ResidualObjective for rddpm
     source: Source
     val: Batch
     spec: normalize.NormSpec
@@ -317,7 +355,7 @@ def _start_session(cfg: TrainConfig, last: Path) -> _Session:
     net = net.to(device).train()
     ema = copy.deepcopy(net).eval()
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
-    run = _Session(net=net, ema=ema, opt=opt, obj=_Objective(cfg.model, cfg.prediction, cfg.seed, cfg.loss), source=source,
+    run = _Session(net=net, ema=ema, opt=opt, obj=_objective(cfg, device), source=source,
                    val=val, spec=_norm_spec(cfg), device=device, amp_dtype=amp_dtype, arch=arch,
                    finetuned_from=finetuned_from)
     if cfg.resume:
@@ -364,7 +402,7 @@ def _checkpoint(cfg: TrainConfig, run: _Session, epoch: int, scores: dict[str, f
         state_dict={k: v.detach().cpu().clone() for k, v in run.ema.state_dict().items()},
         normalisation=run.spec.to_dict(),
         noise_model={"type": "poisson-gaussian", "units": "ADU", **noise},
-        diffusion={"steps": 200, "schedule": "cosine", "prediction": cfg.prediction} if cfg.model == "ddpm" else {},
+        diffusion=_diffusion_section(cfg), base=_base_section(cfg),
         data={**source.summary(), "crop": cfg.crop, "val_size": cfg.val_size},
         metrics={"history": run.history, "best_score": best_score, "last": scores,
                  "parameters": count_parameters(run.net)},
@@ -399,6 +437,11 @@ RECIPES: dict[str, dict[str, Any]] = {
     "unet-simple": dict(model="unet", epochs=12, steps_per_epoch=250, batch=8, crop=96, lr=2e-3),
     "n2v": dict(model="n2v", epochs=5, steps_per_epoch=150, batch=8, crop=96, lr=1e-3),
     "ddpm": dict(model="ddpm", epochs=6, steps_per_epoch=150, batch=8, crop=64, lr=1e-3, ema=0.995, prediction="v"),
+    # Residual diffusion over the shipped unet (models/residual.py), the unet's own domain-randomised data;
+    # 96 px crops of which the inner 64 px are diffused (the unet sees 16 px of context around them).
+    # 7,000 steps, 26.8 min on one thread of this shared 2-core CPU; then calibrated (models/calibration.py).
+    "rddpm": dict(model="rddpm", epochs=14, steps_per_epoch=500, batch=8, crop=96, lr=1e-3, ema=0.999,
+                  sim_domain="randomised", sim_photons=(1.0, 1500.0), sim_scenes=48, seed=3, threads=1),
     # GPU recipes, run in resumable segments (max_minutes / resume). ddpm-gpu is the largest network
     # whose weights still fit the repository (12 M parameters, 49 MB); ddpm-paper is the paper's
     # (64 base channels, [1, 2, 4, 8], 2 blocks per level; 49 M parameters, 197 MB) for local use.
@@ -420,7 +463,12 @@ def train_recipe(name: str, out_dir: Path, *, scale: float = 1.0, **overrides: A
     if name in STAGES and "finetune" not in overrides:  # run the earlier stage first, in out_dir/<stage>
         kw["finetune"] = str(train_recipe(STAGES[name], Path(out_dir) / STAGES[name], scale=scale,
                                           **{k: v for k, v in overrides.items() if k not in ("resume",)}))
-    return main_train(TrainConfig(out_dir=Path(out_dir), simulate=True, recipe=name, **kw))
+    best = main_train(TrainConfig(out_dir=Path(out_dir), simulate=True, recipe=name, **kw))
+    if kw["model"] == "rddpm":  # the uncertainty is only meaningful once calibrated on simulated truth
+        from .calibration import calibrate
+
+        calibrate(best)
+    return best
 
 
 def export_model(checkpoint: Path, dest: Path) -> str:

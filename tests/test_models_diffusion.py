@@ -34,7 +34,7 @@ def _tiny_net(seed: int = 0) -> DiffusionUNet:
     return net.eval()
 
 
-@pytest.mark.parametrize("sampler", ["ddim", "ancestral"])
+@pytest.mark.parametrize("sampler", ["ddim", "dpmpp2m", "ancestral"])
 def test_samplers_deterministic_under_seed(sampler: str) -> None:
     diff = ConditionalDiffusion(steps=20)
     net = _tiny_net()
@@ -44,10 +44,10 @@ def test_samplers_deterministic_under_seed(sampler: str) -> None:
     c = diff.sample(net, cond, samples=2, sampler=sampler, steps=5, seed=8)
     assert torch.equal(a.mean, b.mean) and torch.equal(a.std, b.std)
     assert not torch.equal(a.mean, c.mean)
-    assert a.evaluations == (5 if sampler == "ddim" else 20)
+    assert a.evaluations == (20 if sampler == "ancestral" else 5)
 
 
-@pytest.mark.parametrize("prediction", ["eps", "v"])
+@pytest.mark.parametrize("prediction", ["eps", "v", "x0"])
 def test_fast_and_ancestral_agree_on_learnable_case(prediction: str) -> None:
     """When the clean frame is a deterministic function of the condition (here: equal to it),
     the optimal network is known in closed form; both samplers must recover the frame."""
@@ -57,14 +57,41 @@ def test_fast_and_ancestral_agree_on_learnable_case(prediction: str) -> None:
         xt, x0 = x[:, :1], x[:, 1:]
         ab = torch.sigmoid(log_snr)[:, None, None, None]
         eps = (xt - ab.sqrt() * x0) / (1 - ab).sqrt()
+        if prediction == "x0":
+            return x0
         return eps if prediction == "eps" else ab.sqrt() * eps - (1 - ab).sqrt() * x0
 
     cond = torch.rand(2, 1, 12, 12) * 2 - 1
     slow = diff.sample(optimal, cond, samples=1, sampler="ancestral", seed=0).mean
     fast = diff.sample(optimal, cond, samples=1, sampler="ddim", steps=10, seed=0).mean
+    solver = diff.sample(optimal, cond, samples=1, sampler="dpmpp2m", steps=4, seed=0).mean
     assert torch.allclose(fast, cond, atol=1e-3)
     assert torch.allclose(slow, cond, atol=1e-3)
+    assert torch.allclose(solver, cond, atol=1e-3)
     assert torch.allclose(fast, slow, atol=2e-3)
+
+
+def test_dpm_solver_is_exact_where_ddim_is_first_order() -> None:
+    """For a Gaussian x0 ~ N(m, s^2) the optimal denoiser is known in closed form and the exact
+    probability-flow ODE maps noise z to m + s z. With 10 steps the second-order solver lands
+    several times closer to the converged (200-step) solution than DDIM (measured: 0.016 vs 0.055)."""
+    diff = ConditionalDiffusion(steps=200, prediction="x0")
+    m, s = 0.3, 0.5
+
+    def optimal(x: torch.Tensor, log_snr: torch.Tensor) -> torch.Tensor:
+        ab = torch.sigmoid(log_snr)[:, None, None, None]
+        xt = x[:, :1]
+        # E[x0 | xt] for x0 ~ N(m, s^2), xt = sqrt(ab) x0 + sqrt(1 - ab) eps
+        var = ab * s**2 + (1 - ab)
+        return m + ab.sqrt() * s**2 * (xt - ab.sqrt() * m) / var
+
+    cond = torch.zeros(1, 1, 32, 32)
+    reference = diff.sample(optimal, cond, samples=1, sampler="ddim", steps=200, seed=3).mean
+    g = torch.Generator().manual_seed(3)
+    assert torch.allclose(reference, m + s * torch.randn((1, 1, 32, 32), generator=g), atol=0.03)
+    ddim = diff.sample(optimal, cond, samples=1, sampler="ddim", steps=10, seed=3).mean
+    dpm = diff.sample(optimal, cond, samples=1, sampler="dpmpp2m", steps=10, seed=3).mean
+    assert (dpm - reference).abs().mean() < 0.5 * (ddim - reference).abs().mean()
 
 
 def test_tiny_ddpm_loss_falls() -> None:
