@@ -32,12 +32,15 @@ def n2v(device: str = "auto", weights: str | None = None, **options: Any) -> Den
 
 def ddpm(
     device: str = "auto", weights: str | None = None, samples: int = 4, sampler: str = "ddim",
-    steps: int = 10, seed: int = 0, **options: Any,
+    steps: int | None = None, seed: int = 0, **options: Any,
 ) -> Denoiser:
-    """The conditional DDPM; K = ``samples`` averaged, with their std as uncertainty."""
-    return _load(
-        "ddpm", device, weights, {"samples": samples, "sampler": sampler, "steps": steps, "seed": seed, **options}
-    )
+    """The diffusion model: K = ``samples``, their calibrated spread as uncertainty. ``steps`` left
+    unset takes the checkpoint kind's own default (4 for the shipped residual model, 10 for a plain
+    DDPM trained with the ``ddpm`` or ``ddpm-gpu`` recipes)."""
+    chosen = {"samples": samples, "sampler": sampler, "seed": seed, **options}
+    if steps is not None:
+        chosen["steps"] = steps
+    return _load("ddpm", device, weights, chosen)
 
 
 # Above this many photons per pixel at the brightest (per frame), ``auto`` hands a frame to
