@@ -34,6 +34,7 @@ from lowdose.models import load
 from lowdose.models.adapt import AdaptConfig
 from lowdose.models.adapt_offline import adapt_stack
 from lowdose.models.metrics import psnr, ssim
+from lowdose.models.risk_weighted import RiskWeightedDenoiser
 from lowdose.plugins.denoisers.registry import create_denoiser
 from lowdose.models.simulate import CameraModel, Specimen, expected_adu, expose
 
@@ -95,13 +96,15 @@ def run_case(sample: str, fields: dict[str, Truth], dose: float, args: argparse.
              "later time point": adapted_field(float(args.frames + 16))}
     base, adapted = load(args.base, device="cpu"), load(out, device="cpu")
     classical = create_denoiser("classical", {}, device="cpu")  # lowdose's own GAT + non-local means
+    blended = RiskWeightedDenoiser(adapted)  # the adapted model under auto's per-frame blend
     rows = []
     for what, truth in tests.items():
         clean = expected_adu(truth, dose, CAMERA)
         noisy = np.stack([expose(truth, dose, CAMERA, rng) for _ in range(2)]).astype(np.float32)
         dr = float(clean.max() - clean.min())
         score = {}
-        for name, den in (("raw", None), ("classical", classical), ("base", base), ("adapted", adapted)):
+        for name, den in (("raw", None), ("classical", classical), ("base", base), ("adapted", adapted),
+                          ("adapted_blend", blended)):
             out_frames = noisy if den is None else den.restore(noisy, offset=CAMERA.offset, gain=CAMERA.gain).frames
             score[name] = (float(np.mean([psnr(clean, f, dr) for f in out_frames])),
                            float(np.mean([ssim(clean, f, dr) for f in out_frames])))
@@ -112,7 +115,7 @@ def run_case(sample: str, fields: dict[str, Truth], dose: float, args: argparse.
                      **{f"ssim_{k}": round(v[1], 4) for k, v in score.items()}})
         r = rows[-1]
         print(f"{sample:10s} dose {dose:5g} {what:17s} raw {r['psnr_raw']:6.2f}  classical {r['psnr_classical']:6.2f}  base {r['psnr_base']:6.2f}  "
-              f"adapted {r['psnr_adapted']:6.2f} dB  ({r['psnr_adapted'] - r['psnr_base']:+.2f} dB; "
+              f"adapted {r['psnr_adapted']:6.2f} (blended {r['psnr_adapted_blend']:6.2f}) dB  ({r['psnr_adapted'] - r['psnr_base']:+.2f} dB; "
               f"SSIM {r['ssim_base']:.3f} -> {r['ssim_adapted']:.3f}; {r['steps']} steps, {r['adapt_s']:.0f} s, "
               f"held-out loss -{r['val_drop_pct']:.1f} %)", flush=True)
     return rows
@@ -149,6 +152,8 @@ def main() -> None:
     gains = np.array([r["psnr_adapted"] - r["psnr_base"] for r in rows])
     over_classical = np.array([r["psnr_adapted"] - r["psnr_classical"] for r in rows])
     print(f"adapted vs classical (GAT + NLM): mean {over_classical.mean():+.2f} dB, min {over_classical.min():+.2f}")
+    blend_over = np.array([r["psnr_adapted_blend"] - r["psnr_classical"] for r in rows])
+    print(f"adapted + auto's blend vs classical: mean {blend_over.mean():+.2f} dB, min {blend_over.min():+.2f}")
     print(f"adapt: {gains.mean():+.2f} dB mean PSNR gain of the adapted over the unadapted {args.base} on frames it "
           f"never saw ({len(rows)} cases, min {gains.min():+.2f}, max {gains.max():+.2f}; {args.minutes:g} min, "
           f"{args.frames} frames, 1 CPU thread)")
