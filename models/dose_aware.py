@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from lowdose.plugins.denoisers.interface import BaseDenoiser, Denoiser, DenoiserInfo
-from lowdose.plugins.denoisers.noise_model import estimate_noise_params
+from lowdose.plugins.denoisers.noise_model import camera_or_estimate
 
 from .normalize import NormSpec, fit_scale
 
@@ -50,10 +50,7 @@ class DoseAwareDenoiser(BaseDenoiser):
     def _restore_float(
         self, frames: np.ndarray, *, offset: float | None, gain: float | None
     ) -> tuple[np.ndarray, np.ndarray | None]:
-        if offset is None or gain is None:
-            est = estimate_noise_params(frames)
-            offset = est.offset if offset is None else offset
-            gain = est.gain if gain is None else gain
+        offset, gain = camera_or_estimate(frames, offset, gain)
         bright = peak_photons(frames, offset, gain) >= self.threshold
         out = np.empty_like(frames)
         for mask, den in ((~bright, self.low), (bright, self.high)):

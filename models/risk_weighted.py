@@ -24,7 +24,7 @@ import numpy as np
 from scipy import ndimage
 
 from lowdose.plugins.denoisers.interface import BaseDenoiser, Denoiser, DenoiserInfo
-from lowdose.plugins.denoisers.noise_model import estimate_noise_params
+from lowdose.plugins.denoisers.noise_model import camera_or_estimate
 from lowdose.plugins.denoisers.risk import (
     Candidates,
     CameraNoise,
@@ -107,10 +107,7 @@ class RiskWeightedDenoiser(BaseDenoiser):
     def _restore_float(
         self, frames: np.ndarray, *, offset: float | None, gain: float | None
     ) -> tuple[np.ndarray, np.ndarray | None]:
-        if offset is None or gain is None:
-            est = estimate_noise_params(frames)
-            offset = est.offset if offset is None else offset
-            gain = est.gain if gain is None else gain
+        offset, gain = camera_or_estimate(frames, offset, gain)
         model = self.learned.restore(frames, offset=offset, gain=gain).frames.astype(np.float32)
         windows = [fit_window(m, self.fit_side) for m in model]
         crops = np.stack([f[w] for f, w in zip(frames, windows)])

@@ -14,7 +14,7 @@ from skimage.restoration import denoise_nl_means
 from lowdose import __version__
 
 from .interface import BaseDenoiser, DenoiserInfo
-from .noise_model import anscombe, estimate_noise_params, inverse_anscombe
+from .noise_model import anscombe, camera_or_estimate, inverse_anscombe
 
 
 class VstNlmDenoiser(BaseDenoiser):
@@ -47,10 +47,7 @@ class VstNlmDenoiser(BaseDenoiser):
         )
 
     def _restore_float(self, frames, *, offset, gain):
-        if offset is None or gain is None:
-            est = estimate_noise_params(frames)
-            offset = est.offset if offset is None else offset
-            gain = est.gain if gain is None else gain
+        offset, gain = camera_or_estimate(frames, offset, gain)
         out = np.empty_like(frames)
         for i, frame in enumerate(frames):
             photons = (frame - offset) / gain

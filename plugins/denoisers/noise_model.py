@@ -61,6 +61,15 @@ def estimate_noise_params(frames: np.ndarray, block: int = 8) -> NoiseParams:
     return NoiseParams(gain=float(slope), offset=offset)
 
 
+def camera_or_estimate(frames: np.ndarray, offset: float | None, gain: float | None) -> tuple[float, float]:
+    """The camera's (offset, gain) as given; what is not given, estimated from the frames."""
+    if offset is None or gain is None:
+        est = estimate_noise_params(frames)
+        offset = est.offset if offset is None else offset
+        gain = est.gain if gain is None else gain
+    return float(offset), float(gain)
+
+
 def _fallback(f: np.ndarray) -> NoiseParams:
     return NoiseParams(gain=1.0, offset=float(np.percentile(f, 0.5)))
 
