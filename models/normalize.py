@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from lowdose.plugins.denoisers.noise_model import camera_or_estimate
+
 MIN_RANGE_E = 1.0  # an (almost) empty frame is scaled as if it held at least 1 e- of signal
 
 
@@ -63,10 +65,15 @@ def fit_scale(
 ) -> FrameScale:
     """Compute the per-frame scaling of a (N, Y, X) stack in ADU."""
     n = frames.shape[0]
+    if gain is None:
+        # a gain of 1 ADU/e- would be a guess that is wrong by the camera's gain: the noise map (and
+        # so how hard the network smooths) follows from the frames' own mean-variance line instead
+        est_offset, gain = camera_or_estimate(frames, None, None)
+        offset = est_offset if offset is None else offset
     off = np.broadcast_to(
         np.asarray(estimate_offset(frames) if offset is None else offset, np.float64), (n,)
     )
-    g = np.broadcast_to(np.asarray(1.0 if gain is None else gain, np.float64), (n,))
+    g = np.broadcast_to(np.asarray(gain, np.float64), (n,))
     if np.any(g <= 0):
         raise ValueError(f"gain must be > 0 ADU per electron, got {gain}")
     lo = np.empty(n)

@@ -24,13 +24,11 @@ import numpy as np
 from scipy import ndimage
 
 from lowdose.plugins.denoisers.interface import BaseDenoiser, Denoiser, DenoiserInfo
-from lowdose.plugins.denoisers.noise_model import camera_or_estimate
+from lowdose.plugins.denoisers.noise_model import NoiseFit, camera_or_estimate, fit_noise
 from lowdose.plugins.denoisers.risk import (
     Candidates,
     CameraNoise,
     Combination,
-    NoiseFit,
-    fit_noise,
     fit_or_keep,
     gaussian_centre_tap,
     Mode,

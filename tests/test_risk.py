@@ -9,12 +9,12 @@ from scipy import ndimage
 from lowdose.models.denoisers import resolve_auto
 from lowdose.models.risk_weighted import RiskWeightedDenoiser
 from lowdose.models.simulate import CameraModel, Specimen, expose
+from lowdose.plugins.denoisers.noise_model import fit_noise
 from lowdose.plugins.denoisers.registry import create_denoiser
 from lowdose.plugins.denoisers.risk import (
     CameraNoise,
     Candidates,
     fit_combination,
-    fit_noise,
     fit_or_keep,
     gaussian_centre_tap,
     pixel_risk,

@@ -9,8 +9,10 @@ mean, ``var = gain * (mean - offset) + (gain * read_noise)^2``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
+from scipy import ndimage
 
 
 @dataclass(frozen=True)
@@ -20,45 +22,177 @@ class NoiseParams:
     read_noise: float = 0.0  # e- rms
 
 
-def estimate_noise_params(frames: np.ndarray, block: int = 8) -> NoiseParams:
-    """Fit the mean-variance line over many small blocks of ``frames`` (N, Y, X).
+# A second-difference kernel cancels constant, linear and quadratic signal (so edges and smooth
+# texture add little), and it has unit gain on white noise: its mean square is the noise variance.
+RESIDUAL_KERNEL = np.array([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]]) / 6.0
+BLOCK_QUANTILE = 0.25  # of block variances: texture only adds variance, so the quieter blocks are the noise
 
-    Differences of diagonal neighbours remove the smooth signal, so the variance
-    measured is the noise's; the lowest-variance blocks at each brightness level
-    are the flat ones. Read noise cannot be told apart from the offset with one
-    line, so it is assumed small (sCMOS: ~1-2 e-).
+
+def block_noise(frame: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per block: mean signal and mean squared high-pass residual (the noise variance, plus texture)."""
+    frame = np.asarray(frame, np.float64)
+    r = ndimage.convolve(frame, RESIDUAL_KERNEL, mode="reflect")[1:-1, 1:-1]
+    m = ndimage.uniform_filter(frame, 3, mode="reflect")[1:-1, 1:-1]
+    h, w = (r.shape[0] // block) * block, (r.shape[1] // block) * block
+    shape = (h // block, block, w // block, block)
+    return m[:h, :w].reshape(shape).mean(axis=(1, 3)).ravel(), (r[:h, :w] ** 2).reshape(shape).mean(axis=(1, 3)).ravel()
+
+
+@cache  # a constant per block size; computing it costs a 0.26-megapixel filter on every frame
+def quantile_of_unit_noise(block: int) -> float:
+    """The ``BLOCK_QUANTILE`` of block variances of unit white noise: divides it out of the measured one."""
+    white = np.random.default_rng(1234).standard_normal((64 * block + 2, 64 * block + 2))
+    return float(np.quantile(block_noise(white, block)[1], BLOCK_QUANTILE))
+
+
+def block_statistics(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Block means and block noise variances of frames (N, Y, X), scaled so that the
+    ``BLOCK_QUANTILE`` of the variances of blocks with the same mean reads the noise variance."""
+    f = np.asarray(frames, np.float64)
+    f = f[None] if f.ndim == 2 else f
+    block = 8 if min(f.shape[1:]) >= 96 else 4
+    stats = [block_noise(x, block) for x in f]
+    saturated = _saturated_blocks(f, block)
+    m = np.concatenate([s[0] for s in stats])[~saturated]
+    v = np.concatenate([s[1] for s in stats])[~saturated] / quantile_of_unit_noise(block)
+    return m, v
+
+
+def _saturated_blocks(f: np.ndarray, block: int) -> np.ndarray:
+    """Blocks touching the frames' top value where it repeats (clipped at the camera's full scale):
+    clipping takes their noise away, and they would pull the variance line down."""
+    top = float(f.max())
+    if np.count_nonzero(f == top) <= max(2, f.size // 1000):
+        return np.zeros(sum(((x.shape[0] - 2) // block) * ((x.shape[1] - 2) // block) for x in f), bool)
+    hit = [ndimage.maximum_filter(x == top, 3)[1:-1, 1:-1] for x in f]
+    out = []
+    for x in hit:
+        h, w = (x.shape[0] // block) * block, (x.shape[1] // block) * block
+        out.append(x[:h, :w].reshape(h // block, block, w // block, block).any(axis=(1, 3)).ravel())
+    return np.concatenate(out)
+
+
+def variance_line(
+    m: np.ndarray, v: np.ndarray, bins: int = 16, *, trim: float = 0.01, texture: float = 1.25, rounds: int = 4
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Points (mean, noise variance) per brightness bin and which of them lie on the camera's line.
+
+    Bins hold equal numbers of blocks (a dark background must not leave the bright end
+    to a handful); a bin whose quiet blocks still lie ``texture`` times above a line through
+    the others is texture everywhere (tissue, chromatin) and is left out of the fit.
     """
-    f = np.asarray(frames, dtype=np.float32)
-    if f.ndim == 2:
-        f = f[None]
-    diff = (f[:, 1:, 1:] - f[:, :-1, :-1]) / np.sqrt(2.0)
-    local = (f[:, 1:, 1:] + f[:, :-1, :-1]) / 2.0
-    n, h, w = diff.shape
-    h, w = (h // block) * block, (w // block) * block
-    if h == 0 or w == 0:
-        return _fallback(f)
-    d = diff[:, :h, :w].reshape(n, h // block, block, w // block, block)
-    m = local[:, :h, :w].reshape(n, h // block, block, w // block, block)
-    means = m.mean(axis=(2, 4)).ravel()
-    variances = d.var(axis=(2, 4)).ravel()
-    lo, hi = np.percentile(means, [1, 99])
-    if hi - lo < 1e-3:
-        return _fallback(f)
-    edges = np.linspace(lo, hi, 17)
+    lo, hi = np.quantile(m, [trim, 1.0 - trim])
+    inside = (m >= lo) & (m <= hi)
+    edges = np.quantile(m[inside], np.linspace(0.0, 1.0, bins + 1))
     xs, ys = [], []
     for a, b in zip(edges[:-1], edges[1:]):
-        sel = (means >= a) & (means < b)
+        sel = inside & (m >= a) & (m <= b)
         if sel.sum() >= 8:
-            xs.append(float(np.median(means[sel])))
-            ys.append(float(np.percentile(variances[sel], 25)) * 1.2)  # 25th pct of a chi2: flat blocks
-    if len(xs) < 3:
+            xs.append(float(np.median(m[sel])))
+            ys.append(float(np.quantile(v[sel], BLOCK_QUANTILE)))
+    x, y = np.array(xs), np.array(ys)
+    keep = np.ones(len(x), bool)
+    if len(x) < 3:
+        return x, y, keep
+    for _ in range(rounds):
+        slope, intercept = np.polyfit(x[keep], y[keep], 1)
+        pred = slope * x + intercept
+        keep = y <= texture * pred + 1e-9
+        if keep.sum() < 3:
+            keep = np.zeros(len(x), bool)
+            keep[np.argsort(y / np.maximum(pred, 1e-9))[:3]] = True
+    return x, y, keep
+
+
+def estimate_noise_params(frames: np.ndarray) -> NoiseParams:
+    """Fit the mean-variance line ``var = gain * (mean - offset)`` over small blocks of ``frames`` (N, Y, X).
+
+    A second-difference residual removes the signal, so each block's variance is the noise's
+    plus what texture survives; the quieter blocks at each brightness are the noise. Read noise
+    cannot be told apart from the offset with one line: the offset returned absorbs it
+    (``offset - gain * read_noise^2``), which is the pair that predicts the variance right, and
+    what variance-stabilising and noise-map denoisers need.
+    """
+    f = np.asarray(frames, np.float32)
+    f = f[None] if f.ndim == 2 else f
+    if min(f.shape[1:]) < 8:
         return _fallback(f)
-    slope, intercept = np.polyfit(xs, ys, 1)
-    if not np.isfinite(slope) or slope <= 1e-3:
+    m, v = block_statistics(f)
+    if m.size < 24 or np.ptp(m) < 1e-3:
+        return _fallback(f)
+    x, y, keep = variance_line(m, v)
+    if len(x) < 3 or np.ptp(x[keep]) <= 0:
+        return _fallback(f)
+    slope, intercept = np.polyfit(x[keep], y[keep], 1)
+    if not np.isfinite(slope) or slope <= 1e-3 or not _slope_is_clear(x[keep], y[keep], slope, intercept):
+        # read noise swamps the shot noise over the frames' range (dim, or a noisy CCD): the slope
+        # is anyone's guess, and a near-zero gain would tell a denoiser there is no noise at all
         return _fallback(f)
     offset = -intercept / slope
-    offset = float(min(max(offset, float(f.min()) - 3 * np.sqrt(max(ys[0], 1.0))), float(np.percentile(f, 1))))
+    offset = float(min(max(offset, float(f.min()) - 3 * np.sqrt(max(float(y[0]), 1.0))), float(np.percentile(f, 1))))
     return NoiseParams(gain=float(slope), offset=offset)
+
+
+def _slope_is_clear(x: np.ndarray, y: np.ndarray, slope: float, intercept: float) -> bool:
+    """Whether the line's slope is more than twice its standard error."""
+    if len(x) < 4:
+        return True
+    resid = y - (slope * x + intercept)
+    se = np.sqrt(np.sum(resid**2) / (len(x) - 2) / max(float(np.sum((x - x.mean()) ** 2)), 1e-12))
+    return bool(slope > 2.0 * se)
+
+
+@dataclass(frozen=True)
+class NoiseFit:
+    """What the frames say of their own noise, given the camera's offset and gain."""
+
+    read_noise: float  # e- rms (with the camera's rounding to whole ADU)
+    data_gain: float  # slope of the frames' own variance-vs-mean line, ADU per e-
+    variance_ratio: float  # measured / predicted noise variance in the brighter blocks (1: the model holds)
+    blocks: int  # how many blocks it was measured on
+    gain_ratio: float = 1.0  # data_gain / the camera's gain, where shot noise dominates the brighter blocks
+    dark_electrons: float = 0.0  # signal of the darkest blocks the read noise was read from, e-
+
+    def read_noise_or(self, default: float, dark_limit: float = 4.0) -> float:
+        """The measured read noise where the frames have blocks dark enough to show it; where even
+        the darkest hold more than ``dark_limit`` e-, their excess is texture, not read noise."""
+        return self.read_noise if self.dark_electrons <= dark_limit else default
+
+    def agrees(self, low: float = 0.75, high: float = 1.7) -> bool:
+        """Whether the camera model predicts the frames' noise: less noise than predicted is a wrong
+        gain or offset (or noise correlated between pixels); more can also be texture, so allow more."""
+        return (self.blocks >= 24 and low <= self.variance_ratio <= high
+                and low * 0.8 <= self.gain_ratio <= high)
+
+
+def fit_noise(frames: np.ndarray, offset: float, gain: float) -> NoiseFit:
+    """Read noise and the apparent gain of frames (N, Y, X) from their own pixel statistics.
+
+    The high-pass residual of each small block measures the local noise variance
+    (plus texture); in bins of brightness the quieter blocks lie on the camera's
+    line ``var = gain * (mean - offset) + (gain * read_noise)^2``. Bins far above
+    a robust line through them are texture and left out; the darkest half of
+    what is left gives the read noise, the brighter half whether the gain holds.
+    """
+    m, v = block_statistics(frames)
+    bins = int(np.clip(m.size // 24, 1, 16))
+    if m.size < 24 or np.ptp(m) <= 0:
+        return NoiseFit(0.0, gain, 1.0, int(m.size))
+    x, y, keep = variance_line(m, v, bins, trim=0.0, rounds=3)
+    if len(x) < 3:
+        return NoiseFit(0.0, gain, 1.0, int(m.size))
+    slope = float(np.polyfit(x[keep], y[keep], 1)[0])
+    kept = np.flatnonzero(keep)
+    dark, bright = kept[: max(1, len(kept) // 2)], kept[len(kept) // 2 :]
+    # texture can only add to a bin's excess over the shot noise: the least excess is the read noise
+    r2 = max(float(np.min(y[dark] - gain * (x[dark] - offset))) / gain**2, 0.0)
+    predicted = gain * (x[bright] - offset) + gain**2 * r2
+    ratio = float(np.median(y[bright] / np.maximum(predicted, 1e-12)))
+    # the slope says something only where shot noise, not read noise, makes most of the variance
+    shot = float(np.median(gain * (x[bright] - offset)))
+    gain_ratio = float(slope) / gain if shot >= gain**2 * r2 else 1.0
+    dark_e = float((x[kept[0]] - offset) / gain)
+    return NoiseFit(float(np.sqrt(r2)), float(slope), ratio, int(m.size), gain_ratio, dark_e)
 
 
 def camera_or_estimate(frames: np.ndarray, offset: float | None, gain: float | None) -> tuple[float, float]:

@@ -22,11 +22,11 @@ Pure numpy; nothing here knows about models or the daemon.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import cache
 from typing import Literal
 
 import numpy as np
 from scipy import ndimage, optimize
+
 
 Mode = Literal["convex", "affine", "kept"]  # kept: one candidate alone, the blend not shown to be better
 MODES: tuple[Mode, ...] = ("convex", "affine")
@@ -43,91 +43,6 @@ class CameraNoise:
     def variance(self, y: np.ndarray) -> np.ndarray:
         """Per-pixel noise variance in ADU^2, unbiased (it may dip below 0 in the dark: keep it so)."""
         return self.gain * (np.asarray(y, np.float64) - self.offset) + (self.gain * self.read_noise) ** 2
-
-
-_RESIDUAL = np.array([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]]) / 6.0  # unit gain on white noise
-_QUANTILE = 0.25  # of block variances: texture only adds variance, so the quieter blocks are the noise
-
-
-@dataclass(frozen=True)
-class NoiseFit:
-    """What the frames say of their own noise, given the camera's offset and gain."""
-
-    read_noise: float  # e- rms (with the camera's rounding to whole ADU)
-    data_gain: float  # slope of the frames' own variance-vs-mean line, ADU per e-
-    variance_ratio: float  # measured / predicted noise variance in the brighter blocks (1: the model holds)
-    blocks: int  # how many blocks it was measured on
-    gain_ratio: float = 1.0  # data_gain / the camera's gain, where shot noise dominates the brighter blocks
-
-    def agrees(self, low: float = 0.75, high: float = 1.7) -> bool:
-        """Whether the camera model predicts the frames' noise: less noise than predicted is a wrong
-        gain or offset (or noise correlated between pixels); more can also be texture, so allow more."""
-        return (self.blocks >= 24 and low <= self.variance_ratio <= high
-                and low * 0.8 <= self.gain_ratio <= high)
-
-
-def _block_noise(frame: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per block: mean signal and mean squared high-pass residual (the noise variance, plus texture)."""
-    r = ndimage.convolve(frame, _RESIDUAL, mode="reflect")[1:-1, 1:-1]
-    m = ndimage.uniform_filter(frame, 3, mode="reflect")[1:-1, 1:-1]
-    h, w = (r.shape[0] // block) * block, (r.shape[1] // block) * block
-    shape = (h // block, block, w // block, block)
-    return m[:h, :w].reshape(shape).mean(axis=(1, 3)).ravel(), (r[:h, :w] ** 2).reshape(shape).mean(axis=(1, 3)).ravel()
-
-
-@cache  # a constant per block size; computing it costs a 0.26-megapixel filter on every frame
-def _quantile_of_unit_noise(block: int) -> float:
-    """The ``_QUANTILE`` of block variances of unit white noise: divides it out of the measured one."""
-    white = np.random.default_rng(1234).standard_normal((64 * block + 2, 64 * block + 2))
-    return float(np.quantile(_block_noise(white, block)[1], _QUANTILE))
-
-
-def fit_noise(frames: np.ndarray, offset: float, gain: float) -> NoiseFit:
-    """Read noise and the apparent gain of frames (N, Y, X) from their own pixel statistics.
-
-    The high-pass residual of each small block measures the local noise variance
-    (plus texture); in bins of brightness the quieter blocks lie on the camera's
-    line ``var = gain * (mean - offset) + (gain * read_noise)^2``. Bins far above
-    a robust line through them are texture and left out; the darkest half of
-    what is left gives the read noise, the brighter half whether the gain holds.
-    """
-    f = np.asarray(frames, np.float64)
-    f = f[None] if f.ndim == 2 else f
-    block = 8 if min(f.shape[1:]) >= 96 else 4
-    stats = [_block_noise(x, block) for x in f]
-    m, v = np.concatenate([s[0] for s in stats]), np.concatenate([s[1] for s in stats]) / _quantile_of_unit_noise(block)
-    # v is now in units where the quieter blocks' quantile reads the noise variance itself
-    bins = int(np.clip(m.size // 24, 1, 16))
-    if m.size < 24 or np.ptp(m) <= 0:
-        return NoiseFit(0.0, gain, 1.0, int(m.size))
-    edges = np.quantile(m, np.linspace(0.0, 1.0, bins + 1))
-    xs, ys = [], []
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        sel = (m >= lo) & (m <= hi)
-        if sel.sum() >= 8:
-            xs.append(float(np.median(m[sel])))
-            ys.append(float(np.quantile(v[sel], _QUANTILE)))
-    x, y = np.array(xs), np.array(ys)
-    if len(x) < 3:
-        return NoiseFit(0.0, gain, 1.0, int(m.size))
-    keep = np.ones(len(x), bool)
-    for _ in range(3):
-        slope, intercept = np.polyfit(x[keep], y[keep], 1)
-        pred = slope * x + intercept
-        keep = y <= 1.25 * pred + 1e-9
-        if keep.sum() < 3:
-            keep = np.zeros(len(x), bool)
-            keep[np.argsort(y / np.maximum(pred, 1e-9))[:3]] = True
-    kept = np.flatnonzero(keep)
-    dark, bright = kept[: max(1, len(kept) // 2)], kept[len(kept) // 2 :]
-    # texture can only add to a bin's excess over the shot noise: the least excess is the read noise
-    r2 = max(float(np.min(y[dark] - gain * (x[dark] - offset))) / gain**2, 0.0)
-    predicted = gain * (x[bright] - offset) + gain**2 * r2
-    ratio = float(np.median(y[bright] / np.maximum(predicted, 1e-12)))
-    # the slope says something only where shot noise, not read noise, makes most of the variance
-    shot = float(np.median(gain * (x[bright] - offset)))
-    gain_ratio = float(slope) / gain if shot >= gain**2 * r2 else 1.0
-    return NoiseFit(float(np.sqrt(r2)), float(slope), ratio, int(m.size), gain_ratio)
 
 
 def gaussian_centre_tap(sigma: float) -> float:
