@@ -44,6 +44,24 @@ class RealSet:
         return noisy, clean
 
 
+    def ceiling_psnr(self, dose: float) -> float:
+        """A PSNR no restoration can reach at ``dose``: the truth carries white noise of its own, which
+        the exposure copies into the frame as if it were texture. No method can tell its white part
+        from shot noise, so even the Wiener shrinkage that knows both variances leaves
+        ``v_own * v_shot / (v_own + v_shot)`` per pixel (``v_own``: the quietest tenth of 8x8 blocks'
+        high-pass variance, a lower bound; whatever structure a method also misses only adds)."""
+        from lowdose.plugins.denoisers.noise_model import block_statistics
+
+        t = np.clip(self.truth.astype(np.float64), 0.0, None)
+        _, v = block_statistics(t)
+        own = float(np.quantile(v, 0.10)) * dose**2  # e^2
+        cam = self.camera
+        shot = t * dose + cam.read_noise**2 + 1.0 / 12.0 / cam.gain**2  # e^2, with whole-ADU rounding
+        floor = float(np.mean(own * shot / (own + shot)))
+        span = float(np.mean([x.max() - x.min() for x in t])) * dose
+        return float(10.0 * np.log10(span**2 / floor))
+
+
 class DataMissing(RuntimeError):
     pass
 
