@@ -30,8 +30,11 @@ from lowdose.plugins.denoisers.risk import (
     CameraNoise,
     Combination,
     fit_or_keep,
+    gain_is_clear,
     gaussian_centre_tap,
+    kept_alone,
     Mode,
+    MIN_PIXELS,
     probe_divergence,
 )
 
@@ -39,6 +42,13 @@ SIGMAS = (0.7, 1.0, 1.5, 2.0, 3.0)
 # "detail" candidates: the model's restoration plus a smoothed share of what it removed, for
 # texture a network trained on simulated samples mistakes for noise
 DETAIL_SIGMAS = (1.0, 2.0)
+# Frames under MIN_PIXELS (a cropped ROI, single z-slices) are fitted together, whole. Their noise
+# is measured on few blocks, so the read noise is less certain (measured: -7 % on four 61x57
+# slices against -3 % on 256^2 crops), and at a few photons, where read noise makes most of the
+# variance, a 13 % low variance let the blend lose 1.4-2.6 dB: the blend must be clearly better
+# with the read noise 0.8x and 1.25x as well.
+POOLED_READ_NOISE_BAND = (0.8, 1.25)
+MIN_POOLED_PIXELS = 8192
 
 
 def fit_window(image: np.ndarray, side: int) -> tuple[slice, slice]:
@@ -107,7 +117,11 @@ class RiskWeightedDenoiser(BaseDenoiser):
     ) -> tuple[np.ndarray, np.ndarray | None]:
         offset, gain = camera_or_estimate(frames, offset, gain)
         model = self.learned.restore(frames, offset=offset, gain=gain).frames.astype(np.float32)
-        windows = [fit_window(m, self.fit_side) for m in model]
+        pooled = frames.shape[1] * frames.shape[2] < MIN_PIXELS
+        if pooled:  # frames too small to fit one by one are fitted together, whole
+            windows = [(slice(0, frames.shape[1]), slice(0, frames.shape[2]))] * len(frames)
+        else:
+            windows = [fit_window(m, self.fit_side) for m in model]
         crops = np.stack([f[w] for f, w in zip(frames, windows)])
         fitted = fit_noise(crops, offset, gain)
         self.last_noise = fitted
@@ -116,8 +130,7 @@ class RiskWeightedDenoiser(BaseDenoiser):
             # weights would smooth too much or too little
             self.last_fit = []
             return model, None
-        rn = self.read_noise if self.read_noise is not None else fitted.read_noise
-        noise = CameraNoise(offset, gain, rn)
+        rn = self.read_noise if self.read_noise is not None else fitted.usable_read_noise()
         step = self.probe_photons * gain
         probes = np.random.default_rng(self.seed).standard_normal(crops.shape)  # a fixed seed: same input, same output
         probed = (crops + step * probes).astype(np.float32)
@@ -126,31 +139,51 @@ class RiskWeightedDenoiser(BaseDenoiser):
             on_crops = np.concatenate([model, self.learned.restore(probed, offset=offset, gain=gain).frames])
         else:
             on_crops = self.learned.restore(np.concatenate([crops, probed]), offset=offset, gain=gain).frames
-        out = np.empty_like(frames)
-        self.last_fit = []
-        for i, (frame, win) in enumerate(zip(frames, windows)):
-            fit = self._fit(frame, win, on_crops[i], on_crops[n + i], probes[i], step, noise)
-            self.last_fit.append(fit)
-            out[i] = self._blend(frame, model[i], fit.weights)
+        parts = [self._candidates(frame, win, on_crops[i], on_crops[n + i], probes[i], step)
+                 for i, (frame, win) in enumerate(zip(frames, windows))]
+        camera = (offset, gain, rn)
+        if pooled:
+            y, outputs, slopes = (np.concatenate(a, axis=-1) for a in zip(*parts))
+            self.last_fit = [self._decide(y, outputs, slopes, camera, POOLED_READ_NOISE_BAND, MIN_POOLED_PIXELS)] * n
+        else:
+            self.last_fit = [self._decide(*p, camera) for p in parts]
+        out = np.stack([self._blend(frames[i], model[i], fit.weights) for i, fit in enumerate(self.last_fit)])
         return out, None
 
-    def _fit(self, frame: np.ndarray, win: tuple[slice, slice], restored: np.ndarray, probed: np.ndarray,
-             probe: np.ndarray, step: float, noise: CameraNoise) -> Combination:
-        """Weights for one frame, fitted on its window."""
+    def _candidates(self, frame: np.ndarray, win: tuple[slice, slice], restored: np.ndarray, probed: np.ndarray,
+                    probe: np.ndarray, step: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Over one frame's window: the pixels, each candidate's restoration and its derivative
+        ``df_i/dy_i`` (the risk needs it times the noise variance, which :meth:`_decide` applies)."""
         y = frame[win].astype(np.float64)
-        var = noise.variance(y)
         smooth = [_filtered_window(frame, win, s) for s in self.sigmas]
         u, u_probed = restored.astype(np.float64), probed.astype(np.float64)
         y_probed = y + step * probe
         details = [(u + ndimage.gaussian_filter(y - u, s), u_probed + ndimage.gaussian_filter(y_probed - u_probed, s))
                    for s in DETAIL_SIGMAS]
         outputs = [y, *smooth, *(d for d, _ in details), u]
-        divergence = [var, *(t * var for t in self.taps),
-                      *(probe_divergence(d, dp, probe, step, var) for d, dp in details),
-                      probe_divergence(u, u_probed, probe, step, var)]
-        cands = Candidates(self._names(), np.stack([o.ravel() for o in outputs]),
-                           np.stack([d.ravel() for d in divergence]))
-        return fit_or_keep(y, cands, var, keep=len(outputs) - 1, modes=self.modes)
+        slopes = [np.ones_like(y), *(np.full_like(y, t) for t in self.taps),
+                  *(probe_divergence(d, dp, probe, step, 1.0) for d, dp in details),
+                  probe_divergence(u, u_probed, probe, step, 1.0)]
+        return y.ravel(), np.stack([o.ravel() for o in outputs]), np.stack([d.ravel() for d in slopes])
+
+    def _decide(self, y: np.ndarray, outputs: np.ndarray, slopes: np.ndarray, camera: tuple[float, float, float],
+                read_noise_band: tuple[float, ...] = (), min_pixels: int = MIN_PIXELS) -> Combination:
+        """The weights minimising the estimated risk, or the model alone unless the blend is clearly
+        better, also with the read noise scaled by each factor of ``read_noise_band``."""
+        offset, gain, rn = camera
+        keep = len(outputs) - 1
+
+        def candidates(read_noise: float) -> tuple[Candidates, np.ndarray]:
+            var = CameraNoise(offset, gain, read_noise).variance(y)
+            return Candidates(self._names(), outputs, slopes * var), var
+
+        cands, var = candidates(rn)
+        fit = fit_or_keep(y, cands, var, keep=keep, modes=self.modes, min_pixels=min_pixels)
+        if fit.mode == "kept":
+            return fit
+        if all(gain_is_clear(y, c, v, fit, keep) for c, v in (candidates(rn * b) for b in read_noise_band)):
+            return fit
+        return kept_alone(fit, keep)
 
     def _blend(self, frame: np.ndarray, restored: np.ndarray, w: np.ndarray) -> np.ndarray:
         """The weighted sum over the whole frame; only filters that got a weight are run on it."""

@@ -65,11 +65,11 @@ def test_the_read_noise_is_read_only_where_dark_blocks_show_it() -> None:
     cam = CameraModel(offset=100.0, gain=1.5, read_noise=3.0)
     dim = expose(_textured(5), 10.0, cam, np.random.default_rng(5)).astype(np.float32)
     fit = fit_noise(dim, cam.offset, cam.gain)
-    assert fit.read_noise_or(1.5) == pytest.approx(3.0, abs=0.6)
+    assert fit.usable_read_noise(1.5) == pytest.approx(3.0, abs=0.6)
     # a frame with no dark blocks (a bright, textured field): its excess is texture, not read noise
     bright_truth = 0.6 + 0.4 * _textured(5)
     bright = expose(bright_truth, 400.0, cam, np.random.default_rng(6)).astype(np.float32)
-    assert fit_noise(bright, cam.offset, cam.gain).read_noise_or(1.5) == 1.5
+    assert fit_noise(bright, cam.offset, cam.gain).usable_read_noise(1.5) == 1.5
 
 
 def test_classical_stabilises_with_the_cameras_own_read_noise() -> None:

@@ -143,3 +143,31 @@ def test_filtering_only_the_window_gives_the_whole_frames_filter_there() -> None
         for sigma in (0.7, 3.0):
             np.testing.assert_allclose(_filtered_window(frame, win, sigma), ndimage.gaussian_filter(frame, sigma)[win],
                                        rtol=0, atol=1e-12)
+
+
+def test_frames_too_small_to_fit_alone_are_fitted_together() -> None:
+    """A cropped ROI or single z-slices (here four 64x64 frames): one blend for the batch, fitted on
+    all of it; it must hold with the read noise 0.8x and 1.25x, so at a few photons it keeps the model."""
+    from lowdose.models.scenes import random_scene
+    from lowdose.plugins.denoisers.classical import VstNlmDenoiser
+
+    cam = CameraModel(offset=200.0, gain=0.8, read_noise=3.0)
+    rng = np.random.default_rng(0)
+    t = random_scene(rng, (256, 256))
+    truth = np.stack([t[64 * i : 64 * (i + 1), :64] for i in range(4)]) / np.percentile(t, 99.9)
+    classical = VstNlmDenoiser()
+    blend = RiskWeightedDenoiser(classical)
+    for dose, blended in ((100.0, True), (3.0, False)):
+        noisy = np.stack([expose(x, dose, cam, rng) for x in truth]).astype(np.float32)
+        clean = cam.offset + cam.gain * dose * truth
+        alone = classical.restore(noisy, offset=cam.offset, gain=cam.gain).frames
+        out = blend.restore(noisy, offset=cam.offset, gain=cam.gain).frames
+        fits = blend.last_fit
+        assert len(fits) == 4 and all(f is fits[0] for f in fits)  # one fit, shared
+        mse_alone, mse_blend = np.mean((alone - clean) ** 2), np.mean((out - clean) ** 2)
+        if blended:
+            assert fits[0].mode == "convex", fits[0].as_dict()
+            assert mse_blend < 0.8 * mse_alone
+        else:
+            assert fits[0].mode == "kept", fits[0].as_dict()
+            assert np.array_equal(out, alone)

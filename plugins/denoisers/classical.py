@@ -17,9 +17,6 @@ from .interface import BaseDenoiser, DenoiserInfo
 from .noise_model import anscombe, camera_or_estimate, fit_noise, inverse_anscombe
 
 
-DEFAULT_READ_NOISE_E = 1.5  # an sCMOS's, for frames with no dark blocks to measure it on
-
-
 class VstNlmDenoiser(BaseDenoiser):
     name = "classical"
 
@@ -54,7 +51,7 @@ class VstNlmDenoiser(BaseDenoiser):
         # the transform stabilises only with the camera's own read noise: a CCD's 3-8 e- taken
         # for an sCMOS's 1.5 leaves the dark noise too small and NLM barely smooths it
         read_noise = (self.read_noise if self.read_noise is not None
-                      else fit_noise(frames, offset, gain).read_noise_or(DEFAULT_READ_NOISE_E))
+                      else fit_noise(frames, offset, gain).usable_read_noise())
         out = np.empty_like(frames)
         for i, frame in enumerate(frames):
             photons = (frame - offset) / gain

@@ -142,6 +142,9 @@ def _slope_is_clear(x: np.ndarray, y: np.ndarray, slope: float, intercept: float
     return bool(slope > 2.0 * se)
 
 
+TYPICAL_READ_NOISE_E = 1.5  # a scientific CMOS camera's, e- rms
+
+
 @dataclass(frozen=True)
 class NoiseFit:
     """What the frames say of their own noise, given the camera's offset and gain."""
@@ -153,10 +156,15 @@ class NoiseFit:
     gain_ratio: float = 1.0  # data_gain / the camera's gain, where shot noise dominates the brighter blocks
     dark_electrons: float = 0.0  # signal of the darkest blocks the read noise was read from, e-
 
-    def read_noise_or(self, default: float, dark_limit: float = 4.0) -> float:
-        """The measured read noise where the frames have blocks dark enough to show it; where even
-        the darkest hold more than ``dark_limit`` e-, their excess is texture, not read noise."""
-        return self.read_noise if self.dark_electrons <= dark_limit else default
+    def usable_read_noise(self, typical: float = TYPICAL_READ_NOISE_E, dark_limit: float = 4.0) -> float:
+        """The measured read noise where the frames have blocks dark enough to show it. Where even the
+        darkest hold more than ``dark_limit`` e-, their excess over the shot noise is read noise plus
+        fine texture (or the sample's own grain), which no statistic of one frame tells apart: then
+        a typical camera's, never more than the excess allows. Taking the whole excess for noise
+        would make every smoothing restoration look better than it is."""
+        if self.dark_electrons <= dark_limit:
+            return self.read_noise
+        return min(self.read_noise, typical)
 
     def agrees(self, low: float = 0.75, high: float = 1.7) -> bool:
         """Whether the camera model predicts the frames' noise: less noise than predicted is a wrong

@@ -175,7 +175,11 @@ def fit_or_keep(y: np.ndarray, candidates: Candidates, variance: np.ndarray, kee
     fit = fit_combination(y, candidates, variance, modes)
     if np.size(y) >= min_pixels and gain_is_clear(y, candidates, variance, fit, keep, variance_error):
         return fit
-    w = np.zeros(len(candidates.names))
+    return kept_alone(fit, keep)
+
+
+def kept_alone(fit: Combination, keep: int) -> Combination:
+    """Candidate ``keep`` alone, with what ``fit`` estimated of every candidate for the record."""
+    w = np.zeros(len(fit.names))
     w[keep] = 1.0
-    return Combination(candidates.names, w, "kept", fit.candidate_risk[candidates.names[keep]],
-                       fit.candidate_risk, fit.held_out_risk)
+    return Combination(fit.names, w, "kept", fit.candidate_risk[fit.names[keep]], fit.candidate_risk, fit.held_out_risk)
