@@ -43,10 +43,10 @@ SIGMAS = (0.7, 1.0, 1.5, 2.0, 3.0)
 # texture a network trained on simulated samples mistakes for noise
 DETAIL_SIGMAS = (1.0, 2.0)
 # Frames under MIN_PIXELS (a cropped ROI, single z-slices) are fitted together, whole. Their noise
-# is measured on few blocks, so the read noise is less certain (measured: -7 % on four 61x57
-# slices against -3 % on 256^2 crops), and at a few photons, where read noise makes most of the
-# variance, a 13 % low variance let the blend lose 1.4-2.6 dB: the blend must be clearly better
-# with the read noise 0.8x and 1.25x as well.
+# is measured on few, small blocks, so the read noise is less certain (measured: 2.85 e- for 3.02 on
+# four 61x57 slices), and at a few photons, where read noise makes most of the variance, that
+# error let the blend lose up to 1 dB: the blend must be clearly better with the read noise 0.8x
+# and 1.25x as well (which also refuses the +0.2 dB it would find there at 20 photons).
 POOLED_READ_NOISE_BAND = (0.8, 1.25)
 MIN_POOLED_PIXELS = 8192
 
