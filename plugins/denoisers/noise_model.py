@@ -2,8 +2,11 @@
 
 A scientific camera reports ``y = offset + gain * (Poisson(photons) + N(0, read_noise^2))``
 in ADU. Denoisers that do not know the camera estimate ``gain`` and ``offset``
-from the frames themselves: in flat regions the variance grows linearly with the
-mean, ``var = gain * (mean - offset) + (gain * read_noise)^2``.
+from the frames themselves: the noise variance grows linearly with the mean,
+``var = gain * (mean - offset) + (gain * read_noise)^2``, and the quieter of many
+small blocks at each brightness show it where texture would add to it. The read
+noise is measured on the darkest blocks, where it makes a visible share of the
+variance (``fit_noise``).
 """
 
 from __future__ import annotations
