@@ -131,8 +131,9 @@ def estimate_noise_params(frames: np.ndarray) -> NoiseParams:
         # read noise swamps the shot noise over the frames' range (dim, or a noisy CCD): the slope
         # is anyone's guess, and a near-zero gain would tell a denoiser there is no noise at all
         return _fallback(f)
-    offset = -intercept / slope
-    offset = float(min(max(offset, float(f.min()) - 3 * np.sqrt(max(float(y[0]), 1.0))), float(np.percentile(f, 1))))
+    # the darkest blocks cannot hold fewer than zero photons on average; their pixels can lie well
+    # below the offset (by the read noise), so a percentile of pixels is no bound
+    offset = float(min(max(-intercept / slope, float(f.min()) - 3 * np.sqrt(max(float(y[0]), 1.0))), float(x[0])))
     return NoiseParams(gain=float(slope), offset=offset)
 
 
