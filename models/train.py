@@ -26,6 +26,7 @@ from .diffusion import ConditionalDiffusion
 from .n2v import blind_spot_mask
 from .registry import resolve
 from .restorer import from_diffusion_space, to_diffusion_space
+from .scenes import FineTexture
 from .unet import build_network, count_parameters
 
 ModelKind = Literal["unet", "n2v", "ddpm", "rddpm"]
@@ -62,6 +63,9 @@ class TrainConfig:
     ema: float = 0.999
     sim_domain: Literal["simple", "randomised"] = "simple"  # simulator scenes and detectors
     sim_photons: tuple[float, float] = (2.0, 200.0)  # peak photons per pixel, log-uniform
+    # randomised simulator: fraction of scenes with weak pixel-scale texture, and its relative amplitude
+    sim_texture: float = 0.0
+    sim_texture_amplitude: tuple[float, float] = (0.02, 0.2)
     noise_map: bool = False  # unet: feed a per-pixel noise-level channel (new models: True)
     loss: Literal["mse", "noise-relative", "psnr"] = "mse"  # unet with a noise map: see _Objective
     stop_epoch: int | None = None  # end after this epoch (a stage of a longer schedule)
@@ -89,7 +93,8 @@ def _sources(cfg: TrainConfig) -> tuple[Source, Batch]:
     """Training source and a fixed validation batch."""
     val_crop = max(cfg.crop, 128)
     if cfg.simulate:
-        kw = dict(peak_photons=tuple(cfg.sim_photons), domain=cfg.sim_domain)
+        texture = FineTexture(cfg.sim_texture, tuple(cfg.sim_texture_amplitude))  # type: ignore[arg-type]
+        kw = dict(peak_photons=tuple(cfg.sim_photons), domain=cfg.sim_domain, texture=texture)
         src = SimulatedSource(seed=cfg.seed, n_scenes=cfg.sim_scenes, **kw)
         val_src = SimulatedSource(seed=cfg.seed + 7777, n_scenes=min(5 if cfg.sim_domain == "simple" else 16, cfg.sim_scenes), **kw)
         val = val_src.sample(cfg.val_size, val_crop, np.random.default_rng(1))
