@@ -12,6 +12,7 @@ from typing import Protocol
 
 import numpy as np
 
+from .scenes import FineTexture
 from .simulate import PairGenerator
 
 IMAGE_SUFFIXES = (".tif", ".tiff")
@@ -89,9 +90,11 @@ class SimulatedSource:
 
     def __init__(
         self, seed: int = 0, peak_photons: tuple[float, float] = (2.0, 200.0), n_scenes: int = 12,
-        domain: str = "simple",
+        domain: str = "simple", texture: FineTexture | None = None,
     ) -> None:
-        self.gen = PairGenerator(seed=seed, peak_photons=peak_photons, n_scenes=n_scenes, domain=domain)
+        self.gen = PairGenerator(seed=seed, peak_photons=peak_photons, n_scenes=n_scenes, domain=domain,
+                                 texture=texture)
+        self.texture = self.gen.texture
         self.seed = seed
         self.peak_photons = peak_photons
         self.n_scenes = n_scenes
@@ -112,6 +115,8 @@ class SimulatedSource:
                               "during training",
                 "camera": "sCMOS (pixel offset/gain spread), CCD, EMCCD (excess noise), photon counting "
                           "(lowdose.models.detectors); offset U(90,500) ADU, gain logU(0.5,4) ADU/e-",
+                **({"fine_texture": {"fraction": self.texture.fraction, "amplitude": list(self.texture.amplitude),
+                                     "corr_px": list(self.texture.corr_px)}} if self.texture.enabled else {}),
             }
         return {
             "source": "lowdose.models.simulate.PairGenerator", "seed": self.seed,

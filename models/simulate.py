@@ -14,7 +14,7 @@ import numpy as np
 from scipy import ndimage
 
 from .detectors import expose_random
-from .scenes import random_scene
+from .scenes import FineTexture, random_scene
 
 KINDS = ("filaments", "microtubules", "mitochondria", "puncta", "nuclei", "mixed")
 
@@ -250,9 +250,13 @@ class PairGenerator:
         psf_sigma_px: tuple[float, float] = (1.0, 2.2),
         randomize_camera: bool = True,
         domain: str = "simple",
+        texture: FineTexture | None = None,
     ) -> None:
         if domain not in ("simple", "randomised"):
             raise ValueError(f"domain must be 'simple' or 'randomised', got {domain!r}")
+        self.texture = texture or FineTexture()
+        if self.texture.enabled and domain != "randomised":
+            raise ValueError("fine texture is an option of the domain-randomised simulator: use domain='randomised'")
         self.rng = np.random.default_rng(seed)
         self.peak_photons = peak_photons
         self.randomize_camera = randomize_camera
@@ -282,8 +286,8 @@ class PairGenerator:
         if rng.random() < 0.25:
             kind = str(rng.choice(["mixed", "filaments", "mitochondria", "puncta", "nuclei"]))
             sp = Specimen(size, kind=kind, seed=int(rng.integers(2**31)), psf_sigma_px=float(rng.uniform(1.0, 2.5)))
-            return sp.truth(0.0)
-        return random_scene(rng, size)
+            return self.texture.apply(rng, sp.truth(0.0))
+        return self.texture.apply(rng, random_scene(rng, size))
 
     def camera(self, rng: np.random.Generator | None = None) -> CameraModel:
         if not self.randomize_camera:

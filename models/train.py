@@ -26,6 +26,7 @@ from .diffusion import ConditionalDiffusion
 from .n2v import blind_spot_mask
 from .registry import resolve
 from .restorer import from_diffusion_space, to_diffusion_space
+from .scenes import FineTexture
 from .unet import build_network, count_parameters
 
 ModelKind = Literal["unet", "n2v", "ddpm", "rddpm"]
@@ -62,6 +63,9 @@ class TrainConfig:
     ema: float = 0.999
     sim_domain: Literal["simple", "randomised"] = "simple"  # simulator scenes and detectors
     sim_photons: tuple[float, float] = (2.0, 200.0)  # peak photons per pixel, log-uniform
+    # randomised simulator: fraction of scenes with weak pixel-scale texture, and its relative amplitude
+    sim_texture: float = 0.0
+    sim_texture_amplitude: tuple[float, float] = (0.02, 0.2)
     noise_map: bool = False  # unet: feed a per-pixel noise-level channel (new models: True)
     loss: Literal["mse", "noise-relative", "psnr"] = "mse"  # unet with a noise map: see _Objective
     stop_epoch: int | None = None  # end after this epoch (a stage of a longer schedule)
@@ -89,7 +93,8 @@ def _sources(cfg: TrainConfig) -> tuple[Source, Batch]:
     """Training source and a fixed validation batch."""
     val_crop = max(cfg.crop, 128)
     if cfg.simulate:
-        kw = dict(peak_photons=tuple(cfg.sim_photons), domain=cfg.sim_domain)
+        texture = FineTexture(cfg.sim_texture, tuple(cfg.sim_texture_amplitude))  # type: ignore[arg-type]
+        kw = dict(peak_photons=tuple(cfg.sim_photons), domain=cfg.sim_domain, texture=texture)
         src = SimulatedSource(seed=cfg.seed, n_scenes=cfg.sim_scenes, **kw)
         val_src = SimulatedSource(seed=cfg.seed + 7777, n_scenes=min(5 if cfg.sim_domain == "simple" else 16, cfg.sim_scenes), **kw)
         val = val_src.sample(cfg.val_size, val_crop, np.random.default_rng(1))
@@ -425,14 +430,20 @@ _DDPM_GPU: dict[str, Any] = dict(
 # Budgets chosen to fit ~10-15 min each on a 2-core CPU; on a GPU, raise
 # steps_per_epoch/epochs (and width) for better models.
 RECIPES: dict[str, dict[str, Any]] = {
-    # The shipped unet, stage 1 of 2: one network for 1-1000 photons (noise-map channel), domain-randomised
+    # The shipped unet, stage 1 of 3: one network for 1-1000 photons (noise-map channel), domain-randomised
     # scenes and detectors, the "noise-relative" loss; a 36-epoch schedule ended after epoch 13
-    # (~25 min on a loaded 2-core CPU). Stage 2 ("unet") fine-tunes it with the "psnr" loss.
+    # (~25 min on a loaded 2-core CPU). Stage 2 fine-tunes it with the "psnr" loss.
     "unet-stage1": dict(model="unet", epochs=36, stop_epoch=13, steps_per_epoch=300, batch=8, crop=96, lr=2e-3,
                         noise_map=True, loss="noise-relative", sim_domain="randomised", sim_photons=(1.0, 1500.0),
                         sim_scenes=48),
-    "unet": dict(model="unet", epochs=16, steps_per_epoch=300, batch=8, crop=96, lr=1e-3, loss="psnr",
-                 sim_domain="randomised", sim_photons=(1.0, 1500.0), sim_scenes=48, seed=1),
+    "unet-stage2": dict(model="unet", epochs=16, steps_per_epoch=300, batch=8, crop=96, lr=1e-3, loss="psnr",
+                        sim_domain="randomised", sim_photons=(1.0, 1500.0), sim_scenes=48, seed=1),
+    # The shipped unet, stage 3 of 3: stage 2 fine-tuned with weak pixel-scale texture on half of the truths
+    # (scenes.FineTexture), which real truths carry and PSF-blurred simulated ones lack; 3,600 steps,
+    # ~13 min on one thread of this shared 2-core CPU. Chosen on real validation images (models/weights/unet.md).
+    "unet": dict(model="unet", epochs=12, steps_per_epoch=300, batch=8, crop=96, lr=4e-4, loss="psnr",
+                 sim_domain="randomised", sim_photons=(1.0, 1500.0), sim_scenes=48, seed=2,
+                 sim_texture=0.5, sim_texture_amplitude=(0.02, 0.2)),
     # The first shipped unet (simple simulator scenes, one camera model, 2-200 photons).
     "unet-simple": dict(model="unet", epochs=12, steps_per_epoch=250, batch=8, crop=96, lr=2e-3),
     "n2v": dict(model="n2v", epochs=5, steps_per_epoch=150, batch=8, crop=96, lr=1e-3),
@@ -451,7 +462,7 @@ RECIPES: dict[str, dict[str, Any]] = {
 
 
 # recipe -> the recipe whose best checkpoint it fine-tunes
-STAGES = {"unet": "unet-stage1"}
+STAGES = {"unet-stage2": "unet-stage1", "unet": "unet-stage2"}
 
 
 def train_recipe(name: str, out_dir: Path, *, scale: float = 1.0, **overrides: Any) -> Path:

@@ -142,8 +142,11 @@ def test_unknown_loss_is_a_clear_error(tmp_path: Path) -> None:
         main_train(cfg)
 
 
-def test_the_shipped_unet_recipe_fine_tunes_its_first_stage() -> None:
+def test_the_shipped_unet_recipe_fine_tunes_its_earlier_stages() -> None:
     from lowdose.models.train import RECIPES, STAGES
 
-    assert STAGES["unet"] == "unet-stage1" and RECIPES["unet-stage1"]["noise_map"] is True
-    assert RECIPES["unet"]["loss"] == "psnr" and RECIPES["unet-stage1"]["stop_epoch"] < RECIPES["unet-stage1"]["epochs"]
+    assert STAGES["unet"] == "unet-stage2" and STAGES["unet-stage2"] == "unet-stage1"
+    assert RECIPES["unet-stage1"]["noise_map"] is True
+    assert RECIPES["unet-stage1"]["stop_epoch"] < RECIPES["unet-stage1"]["epochs"]
+    assert RECIPES["unet-stage2"]["loss"] == "psnr" and RECIPES["unet-stage2"].get("sim_texture", 0.0) == 0.0
+    assert RECIPES["unet"]["loss"] == "psnr" and 0.0 < RECIPES["unet"]["sim_texture"] < 1.0
