@@ -292,6 +292,45 @@ def backfill(
     con.print(escape(f"{result.store}: restored {result.restored} frames, {result.remaining} left unrestored"))
 
 
+@app.command()
+def restore(
+    stack: Path = typer.Argument(..., help="camera counts: a TIFF or .npy (T, Y, X) or (Y, X), or a lowdose .ome.zarr"),
+    out_path: Path = typer.Option(..., "--out", "-o", help="restored frames, float32 (.tif, .tiff or .npy); "
+                             "OUT.uncertainty.tif beside it when the model gives one"),
+    denoiser: str = typer.Option("auto", help="denoiser plug-in (`lowdose denoisers` lists them)"),
+    offset: Optional[float] = typer.Option(None, help="camera offset in ADU (default: the store's, else estimated per frame)"),
+    gain: Optional[float] = typer.Option(None, help="camera gain in ADU per electron (default: the store's, else estimated)"),
+    options: Optional[str] = typer.Option(None, help='denoiser options as JSON, e.g. \'{"samples": 8}\''),
+    frames: Optional[int] = typer.Option(None, min=1, help="restore only the first FRAMES frames"),
+    position: int = typer.Option(0, min=0, help="lowdose store: which position"),
+    channel: int = typer.Option(0, min=0, help="lowdose store: which channel"),
+    z: int = typer.Option(0, min=0, help="lowdose store: which plane"),
+    device: str = typer.Option("auto", help="cpu, cuda or auto"),
+    force: bool = typer.Option(False, "--force", help="replace an existing --out"),
+) -> None:
+    """Restore a stack already on disk (TIFF, .npy or a run store) into a float32 TIFF, frame by frame."""
+    from rich.progress import Progress
+
+    from lowdose.denoiser_list import check_denoiser_name
+    from lowdose.restore_file import restore_file
+
+    check_denoiser_name(denoiser)
+    try:
+        den_options = json.loads(options) if options else {}
+    except ValueError as exc:
+        raise UserError(f"--options is not JSON ({exc}); e.g. --options '{{\"samples\": 8}}'") from None
+    out_console = out()
+    with Progress(console=err(), transient=True) as progress:
+        task = progress.add_task(escape(f"restoring {stack.name} with {denoiser}"), total=None)
+        res = restore_file(stack, out_path, denoiser=denoiser, options=den_options, device=device, offset=offset, gain=gain,
+                           force=force, max_frames=frames, position=position, channel=channel, z=z,
+                           on_progress=lambda done, total: progress.update(task, completed=done, total=total))
+    unc = f"; uncertainty (std, ADU) in {res.uncertainty}" if res.uncertainty else ""
+    out_console.print(escape(
+        f"{res.out}: {res.frames} frame(s) of {res.shape[0]}x{res.shape[1]} restored by {res.denoiser} "
+        f"({res.ms_per_frame:.0f} ms per frame; {res.calibration}){unc}"), soft_wrap=True)
+
+
 def _check_backfill_dtype(store: Path, wanted: str, config: Path) -> None:
     """A restored image keeps one dtype: refuse a config that asks for another (mixed chunks are unreadable)."""
     import numpy as np

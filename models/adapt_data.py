@@ -53,24 +53,8 @@ def read_stack(
     """Read and check a stack (its first ``max_frames`` frames); offset and gain: given, else the
     store's, else estimated."""
     p = Path(path)
-    if not p.exists():
-        raise AdaptError(f"stack {p} does not exist; give a TIFF of camera counts or a lowdose .ome.zarr")
-    meta: dict[str, float | None] = {}
-    if p.is_dir():
-        raw, meta = _read_zarr(p, position, channel, z, max_frames)
-    elif p.suffix.lower() in (".tif", ".tiff"):
-        raw = _read_tiff(p)
-    elif p.suffix.lower() == ".npy":
-        try:
-            raw = np.load(p, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise AdaptError(f"cannot read {p} as a .npy array ({exc})") from None
-    else:
-        raise AdaptError(f"{p}: unsupported stack (use a .tif/.tiff of camera counts, a .npy array or a lowdose .ome.zarr)")
-    raw = np.asarray(raw)
-    if raw.ndim == 3 and max_frames:
-        raw = raw[:max_frames]
-    frames = _check_frames(raw, str(p))
+    raw, meta = read_counts(p, position=position, channel=channel, z=z, max_frames=max_frames)
+    frames = check_counts(raw, str(p))
     if gain is not None and gain <= 0:
         raise AdaptError(f"--gain must be > 0 ADU per electron, got {gain}")
     how = []
@@ -102,6 +86,31 @@ def read_stack(
     digest = hashlib.sha256(np.ascontiguousarray(raw).tobytes()).hexdigest()
     return Stack(frames=frames, source=str(p), dtype=str(np.asarray(raw).dtype), offset=float(offset),
                  gain=float(gain), calibration="; ".join(how), sha256=digest)
+
+
+def read_counts(
+    path: Path, *, position: int = 0, channel: int = 0, z: int = 0, max_frames: int | None = None
+) -> tuple[np.ndarray, dict[str, float | None]]:
+    """The counts as stored (first ``max_frames`` frames) and the calibration recorded with them
+    (``offset``/``gain``, a lowdose store's only); unchecked."""
+    if not path.exists():
+        raise AdaptError(f"stack {path} does not exist; give a TIFF of camera counts or a lowdose .ome.zarr")
+    meta: dict[str, float | None] = {}
+    if path.is_dir():
+        raw, meta = _read_zarr(path, position, channel, z, max_frames)
+    elif path.suffix.lower() in (".tif", ".tiff"):
+        raw = _read_tiff(path)
+    elif path.suffix.lower() == ".npy":
+        try:
+            raw = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise AdaptError(f"cannot read {path} as a .npy array ({exc})") from None
+    else:
+        raise AdaptError(f"{path}: unsupported stack (use a .tif/.tiff of camera counts, a .npy array or a lowdose .ome.zarr)")
+    raw = np.asarray(raw)
+    if raw.ndim == 3 and max_frames:
+        raw = raw[:max_frames]
+    return raw, meta
 
 
 def _read_tiff(p: Path) -> np.ndarray:
@@ -142,7 +151,8 @@ def _read_zarr(
     return arr[:max_frames, channel, z], {"offset": start.get("camera_offset"), "gain": start.get("camera_gain")}
 
 
-def _check_frames(a: np.ndarray, source: str) -> np.ndarray:
+def check_counts(a: np.ndarray, source: str) -> np.ndarray:
+    """``(T, Y, X)`` float32 camera counts, or an error naming what is wrong with ``a`` and the fix."""
     if a.size == 0:
         raise AdaptError(f"{source} is empty (shape {a.shape}); give at least one frame")
     if a.ndim == 2:
