@@ -2,6 +2,7 @@
 
     python benchmarks/real_quality.py                       # shipped models vs classical baselines
     python benchmarks/real_quality.py --model old=/path/unet_v1.pt --model cand=/path/best.pt
+    python benchmarks/real_quality.py --plugin 'unet8=unet:{"ensemble": 8}' --only unet,unet8
     python benchmarks/real_quality.py --blind     # lowdose not told the camera: offset and gain estimated
 
 Per dataset and dose (5, 20, 100 photons per pixel at the brightest): PSNR / SSIM of
@@ -58,12 +59,20 @@ def learned(weights: str, cam: CameraModel | None) -> Method:
     return lambda f: den.restore(f.astype(np.float32), **told).frames
 
 
-def plugin(name: str, cam: CameraModel | None) -> Method:
+PLUGIN_PREFIX = "plugin:"  # a --plugin entry among the models: "plugin:NAME" or "plugin:NAME:{json options}"
+
+
+def plugin(name: str, cam: CameraModel | None, options: dict | None = None) -> Method:
     from lowdose.plugins.denoisers.registry import create_denoiser
 
-    den = create_denoiser(name, {}, device="cpu")
+    den = create_denoiser(name, options or {}, device="cpu")
     told = {} if cam is None else {"offset": cam.offset, "gain": cam.gain}
     return lambda f: den.restore(f.astype(np.float32), **told).frames
+
+
+def configured(spec: str, cam: CameraModel | None) -> Method:
+    name, _, options = spec[len(PLUGIN_PREFIX):].partition(":")
+    return plugin(name, cam, json.loads(options) if options else None)
 
 
 def methods_for(cam: CameraModel, noisy: np.ndarray, clean: np.ndarray | None,
@@ -82,7 +91,8 @@ def methods_for(cam: CameraModel, noisy: np.ndarray, clean: np.ndarray | None,
     else:
         out += [("gaussian", gaussian(1.0), "sigma=1.0"), ("nlm (GAT)", nlm(0.8, cam), "h=0.8")]
     out += [("bm3d (GAT)", bm3d(cam), ""), ("classical", plugin("classical", own), "lowdose GAT+NLM")]
-    out += [(name, learned(w, own), "") for name, w in models.items()]
+    out += [(name, learned(w, own), "") if not w.startswith(PLUGIN_PREFIX) else (name, configured(w, own), w)
+            for name, w in models.items()]
     if "unet" in models:  # what the daemon runs by default
         out.append(("auto", plugin("auto", own), "risk-weighted: unet, raw and Gaussian filters weighted by SURE"))
     return out
@@ -168,6 +178,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=256, help="crop size of the real images")
     ap.add_argument("--model", action="append", default=[], help="NAME=CHECKPOINT.pt to score beside the shipped ones")
+    ap.add_argument("--plugin", action="append", default=[],
+                    help='NAME=PLUGIN[:JSON] a plug-in with options, e.g. unet8=unet:{"ensemble": 8}')
     ap.add_argument("--no-shipped", action="store_true", help="score only the --model checkpoints")
     ap.add_argument("--doses", default=",".join(f"{d:g}" for d in DOSES), help="photons per pixel at the brightest")
     ap.add_argument("--only", help="comma-separated methods to score (e.g. 'raw,classical,unet')")
@@ -177,6 +189,7 @@ def main() -> None:
     a = ap.parse_args()
     models = {} if a.no_shipped else {n: n for n in ("unet", "n2v") if n in available()}
     models.update(dict(m.split("=", 1) for m in a.model))
+    models.update({n: PLUGIN_PREFIX + spec for n, spec in (p.split("=", 1) for p in a.plugin)})
     t0 = time.time()
     only = set(a.only.split(",")) if a.only else None
     rows, missing = run(a.size, models, tuple(float(d) for d in a.doses.split(",")), only, a.blind)
@@ -204,9 +217,10 @@ def headline(rows: list[RealRow], head: str, blind: bool = False) -> str:
     if not m:
         return f"{name}: no model scored"
     worst = min(m.values())
-    own = min(margins(rows, head, ("classical",)).values())
+    own = margins(rows, head, ("classical",))
+    versus_own = f"; vs lowdose's classical {min(own.values()):+.2f} dB worst" if own else ""
     return (f"{name}: {10 ** (-worst / 10):.2f} MSE of {head} / best classical, worst of {len(m)} real cases "
-            f"({worst:+.2f} dB; vs lowdose's classical {own:+.2f} dB worst)")
+            f"({worst:+.2f} dB{versus_own})")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from lowdose.plugins.denoisers.interface import BaseDenoiser, DenoiserInfo
+from lowdose.plugins.denoisers.interface import BaseDenoiser, DenoiserError, DenoiserInfo
 
 from . import normalize
 from .checkpoint import Checkpoint, build_from_checkpoint
@@ -71,8 +71,43 @@ class _LearnedBase(BaseDenoiser):
         )
 
 
+# The eight symmetries of the square as (quarter turns, mirror), ordered so that the first 2 (a
+# mirror) and the first 4 (the mirrors and the half turn) are groups of their own that need no
+# transpose: a non-square frame keeps its shape, and so its tiling.
+DIHEDRAL = ((0, False), (0, True), (2, False), (2, True), (1, False), (1, True), (3, False), (3, True))
+ENSEMBLE_SIZES = (1, 2, 4, 8)
+
+
+def to_symmetry(x: torch.Tensor, k: int) -> torch.Tensor:
+    turns, flip = DIHEDRAL[k]
+    x = torch.rot90(x, turns, dims=(-2, -1)) if turns else x
+    return torch.flip(x, dims=(-1,)) if flip else x
+
+
+def from_symmetry(y: torch.Tensor, k: int) -> torch.Tensor:
+    turns, flip = DIHEDRAL[k]
+    y = torch.flip(y, dims=(-1,)) if flip else y
+    return torch.rot90(y, -turns, dims=(-2, -1)) if turns else y
+
+
 class NetworkDenoiser(_LearnedBase):
-    """One forward pass per frame: the fast UNet and Noise2Void."""
+    """One forward pass per frame: the fast UNet and Noise2Void.
+
+    ``ensemble`` = 2, 4 or 8 averages the restorations of the frame flipped and rotated (test-time
+    self-ensembling): the network is not exactly equivariant, and its errors under the symmetries
+    are partly independent, so the mean is better (benchmarks/RESULTS.md) at that many times the
+    cost: an option for restoring afterwards (``lowdose restore``, backfill), not for the live path.
+    """
+
+    def __init__(self, ckpt: Checkpoint, *, ensemble: int = 1, **options: Any) -> None:
+        if ensemble not in ENSEMBLE_SIZES:
+            raise DenoiserError(f"ensemble must be one of {ENSEMBLE_SIZES} (passes over flipped and rotated frames), "
+                             f"not {ensemble!r}")
+        self.ensemble = ensemble
+        super().__init__(ckpt, **options)
+
+    def _parameters(self) -> dict[str, Any]:
+        return {**super()._parameters(), **({"ensemble": self.ensemble} if self.ensemble > 1 else {})}
 
     def network_pair(
         self, inputs: np.ndarray, targets: np.ndarray, *, offset: float | None, gain: float | None
@@ -95,9 +130,12 @@ class NetworkDenoiser(_LearnedBase):
     ) -> tuple[np.ndarray, np.ndarray | None]:
         scale = normalize.fit_scale(frames, self.spec, offset, gain)
         x = torch.from_numpy(normalize.network_input(frames, scale, self.spec))
-        plan = self.plan(frames.shape[1:], frames.shape[0])
-        y = self.engine.tiled(self.net, x, plan=plan, overlap=self.overlap, multiple=self.multiple)
+        y = sum(from_symmetry(self._forward(to_symmetry(x, k)), k) for k in range(self.ensemble)) / self.ensemble
         return normalize.from_unit(y[:, 0].cpu().numpy(), scale), None
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        plan = self.plan(tuple(x.shape[2:]), x.shape[0])
+        return self.engine.tiled(self.net, x, plan=plan, overlap=self.overlap, multiple=self.multiple)
 
 
 class DiffusionDenoiser(_LearnedBase):

@@ -6,7 +6,7 @@ import pytest
 from lowdose.models import available, default_live_model, load
 from lowdose.models.metrics import psnr
 from lowdose.models.simulate import CameraModel, held_out_set
-from lowdose.plugins.denoisers.interface import Denoiser
+from lowdose.plugins.denoisers.interface import Denoiser, DenoiserError
 from lowdose.plugins.denoisers.registry import create_denoiser
 
 
@@ -40,6 +40,30 @@ def test_load_accepts_options_and_rejects_bad_ones() -> None:
     assert den.info.parameters["sampler"] == "ancestral" and not den.info.has_uncertainty
     with pytest.raises(TypeError, match="bad option"):
         load("unet", device="cpu", samples=3)
+
+
+def test_self_ensemble_keeps_shapes_and_is_at_least_as_good() -> None:
+    import torch
+
+    from lowdose.models.restorer import DIHEDRAL, from_symmetry, to_symmetry
+
+    x = torch.arange(2 * 3 * 5 * 7, dtype=torch.float32).reshape(2, 3, 5, 7)
+    for k in range(len(DIHEDRAL)):
+        assert torch.equal(from_symmetry(to_symmetry(x, k), k), x), k
+    noisy, clean = held_out_set(3, 96, 5.0, CameraModel(), seed=31_500)
+    noisy = noisy[:, :96, :72]  # not square: the mirrors and the half turn keep the shape
+    clean = clean[:, :96, :72]
+    dr = float(clean.max() - clean.min())
+    scores = {}
+    for k in (1, 4, 8):
+        den = load("unet", device="cpu", ensemble=k)
+        out = den.restore(noisy.astype(np.float32), offset=100.0, gain=1.0).frames
+        assert out.shape == noisy.shape
+        scores[k] = np.mean([psnr(clean[i], out[i], dr) for i in range(3)])
+        assert den.info.parameters.get("ensemble", 1) == k
+    assert scores[8] > scores[1] and scores[4] > scores[1], scores
+    with pytest.raises(DenoiserError, match="ensemble must be one of"):
+        load("unet", device="cpu", ensemble=3)
 
 
 def test_default_live_model_measures_when_given_a_frame_interval() -> None:
