@@ -2,9 +2,9 @@
 
 A TIFF (``(T, Y, X)`` or ``(Y, X)``), a ``.npy`` array, or a raw ``.ome.zarr`` that lowdose wrote (its
 ``raw`` image, one position, channel and plane, with the camera offset and gain its run announced).
-The offset and gain not given and not recorded are estimated from the noise itself (photon
-transfer: a Poisson-Gaussian camera's variance grows linearly with the mean, crossing zero near the
-offset); a stack whose noise shows no such line gets an error asking for ``--offset``.
+The offset and gain not given and not recorded are estimated from the noise itself (a
+Poisson-Gaussian camera's variance grows linearly with the mean, crossing zero near the offset);
+a stack whose noise shows no such line gets an error asking for ``--offset``.
 """
 
 from __future__ import annotations
@@ -15,12 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
 from lowdose.plugins.denoisers.interface import DenoiserError
+from lowdose.plugins.denoisers.noise_model import estimate_noise_params, offset_for_gain
 
-# The mean of the lower 95 % of chi-square(1) draws, in units of their variance.
-TRIMMED_CHI2 = 0.7596
 MIN_SIDE = 32  # a network of depth 3 needs room for a training crop beside the held-out stripe
 
 
@@ -69,20 +67,19 @@ def read_stack(
         gain = float(meta["gain"])  # type: ignore[arg-type]
         how.append("gain from the run's metadata")
     if offset is None or gain is None:
-        est_offset, est_gain = photon_transfer(frames, gain)
+        est_offset, est_gain = estimate_camera(frames, gain)
         if offset is None:
             if est_offset is None:
                 raise AdaptError(
                     f"{p}: no --offset given, none recorded with the stack, and its noise does not show the "
-                    f"camera's dark level (no mean-variance line: too few frames or too little contrast); "
+                    f"camera's dark level (no mean-variance line: too few pixels or too little contrast); "
                     f"give --offset ADU (the mean of a frame taken with the light off)"
                 )
             offset = est_offset
-            how.append("offset estimated from the noise (photon transfer)")
+            how.append("offset estimated from the noise")
         if gain is None:
             gain = est_gain if est_gain is not None else 1.0
-            how.append("gain estimated from the noise (photon transfer)" if est_gain is not None
-                       else "gain unknown: 1 ADU/e- assumed")
+            how.append("gain estimated from the noise" if est_gain is not None else "gain unknown: 1 ADU/e- assumed")
     digest = hashlib.sha256(np.ascontiguousarray(raw).tobytes()).hexdigest()
     return Stack(frames=frames, source=str(p), dtype=str(np.asarray(raw).dtype), offset=float(offset),
                  gain=float(gain), calibration="; ".join(how), sha256=digest)
@@ -172,51 +169,18 @@ def check_counts(a: np.ndarray, source: str) -> np.ndarray:
     return f
 
 
-def photon_transfer(frames: np.ndarray, gain: float | None = None) -> tuple[float | None, float | None]:
-    """(offset, gain) from how the noise variance grows with the mean; None where the noise cannot tell.
+def estimate_camera(frames: np.ndarray, gain: float | None = None) -> tuple[float | None, float | None]:
+    """(offset, gain) from how the noise variance grows with the mean, as every denoiser estimates
+    them (``noise_model.estimate_noise_params``), so that a model adapted on estimated values is
+    restored on the same ones; None where the frames cannot tell.
 
-    The noise of each pixel comes from differences: between consecutive frames when there are several
-    (the field's structure cancels), between horizontal neighbours otherwise (structure blurred by the
-    optics barely differs from one pixel to the next). Pixels are binned by their local mean; the
-    line var = gain * (mean - offset) through the bins' medians gives both (read noise shifts the
-    offset by gain * read_noise^2, a few ADU: the network's scaling absorbs that).
+    Each frame's noise is measured on its own, from small blocks' high-pass residuals, never from
+    differences between frames: in a time-lapse of living cells the sample moves between frames,
+    and differences would take the motion for noise (4-5x the gain at 2 px per frame).
     """
-    f = frames.astype(np.float64)
-    temporal = f.shape[0] >= 2
-    if temporal:
-        # each pixel's mean over time bins it: fine structure does not blur the means
-        diff = (f[1:] - f[:-1]) / np.sqrt(2.0)
-        mean = np.broadcast_to(f.mean(0), diff.shape)
-    else:
-        diff = (f[:, :, 1:] - f[:, :, :-1]) / np.sqrt(2.0)
-        mean = ndimage.uniform_filter(0.5 * (f[:, :, 1:] + f[:, :, :-1]), size=(1, 5, 5))
-    var = diff**2
-    lo, hi = np.percentile(mean, [2, 98])
-    if not hi > lo:
+    if gain is not None:
+        return offset_for_gain(frames, gain), None
+    est = estimate_noise_params(frames)
+    if not est.measured:
         return None, None
-    edges = np.linspace(lo, hi, 17)
-    which = np.digitize(mean.ravel(), edges)
-    xs, ys = [], []
-    for b in range(1, len(edges)):
-        sel = which == b
-        if sel.sum() >= 200:
-            xs.append(float(np.median(mean.ravel()[sel])))
-            v = var.ravel()[sel]
-            if temporal:
-                ys.append(float(v.mean()))  # the field's structure cancels between frames
-            else:
-                # across pixels, edges of structures add to the differences: a trimmed mean resists them
-                v = np.sort(v)
-                ys.append(float(v[: int(0.95 * len(v))].mean() / TRIMMED_CHI2))
-    if len(xs) < 4 or np.ptp(xs) <= 0:
-        return None, None
-    x, y = np.asarray(xs), np.asarray(ys)
-    if gain is None:
-        slope, intercept = np.polyfit(x, y, 1)
-        fit = slope * x + intercept
-        r2 = 1 - np.sum((y - fit) ** 2) / max(np.sum((y - y.mean()) ** 2), 1e-12)
-        if slope <= 0 or r2 < 0.8:
-            return None, None
-        return float(-intercept / slope), float(slope)
-    off = float(np.median(x - y / gain))
-    return off, None
+    return est.offset, est.gain

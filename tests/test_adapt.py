@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from lowdose.cli import app
 from lowdose.models import load
 from lowdose.models.adapt import AdaptConfig, Adapter, run_adaptation
-from lowdose.models.adapt_data import AdaptError, photon_transfer, read_stack
+from lowdose.models.adapt_data import AdaptError, estimate_camera, read_stack
 from lowdose.models.checkpoint import load_checkpoint
 
 OFFSET, GAIN = 100.0, 2.0
@@ -79,7 +79,8 @@ def test_adapted_model_restores_unseen_frames_better(one_torch_thread):
 
 def test_single_frame_adapts_with_the_blind_spot(tmp_path, one_torch_thread):
     stack = tmp_path / "one.tif"
-    tifffile.imwrite(stack, exposures(texture((64, 64)), 1)[0])  # (Y, X)
+    # (Y, X); 128^2: in one 64^2 frame too few blocks show the noise line, and the offset is asked for
+    tifffile.imwrite(stack, exposures(texture((128, 128)), 1)[0])
     out = tmp_path / "one.pt"
     res = run(stack, "--out", out, "--max-minutes", 1, "--steps", 10, "--batch", 2, "--crop", 32, "--quiet")
     assert res.exit_code == 0, res.output
@@ -90,8 +91,24 @@ def test_single_frame_adapts_with_the_blind_spot(tmp_path, one_torch_thread):
 
 def test_offset_and_gain_are_estimated_from_the_noise():
     truth = texture((96, 96), seed=3) + 0.05
-    off, gain = photon_transfer(exposures(truth, 4).astype(np.float32))
+    off, gain = estimate_camera(exposures(truth, 4).astype(np.float32))
     assert abs(gain - GAIN) < 0.5 and abs(off - OFFSET) < 15  # read noise shifts it by gain * 1.5^2
+    given_off, none = estimate_camera(exposures(truth, 4).astype(np.float32), gain=GAIN)
+    assert none is None and abs(given_off - OFFSET) < 15
+
+
+def test_a_moving_sample_is_not_taken_for_noise():
+    """Live cells move between frames: the camera is measured within each frame, never across them
+    (differences between frames drifting 2 px apart read a gain 4-5x too high)."""
+    from lowdose.models.simulate import CameraModel, Specimen, expose
+
+    rng = np.random.default_rng(4)
+    cam = CameraModel(offset=OFFSET, gain=GAIN, read_noise=1.5)
+    sp = Specimen((256, 256), kind="nuclei", seed=3, drift_px_per_frame=2.0)
+    frames = np.stack([expose(sp.truth(float(t)), 100.0, cam, rng) for t in range(8)]).astype(np.float32)
+    off, gain = estimate_camera(frames)
+    assert 0.8 < gain / GAIN < 1.25, gain
+    assert abs(off - (OFFSET - GAIN * 1.5**2)) < 5, off  # the offset absorbs the read noise
 
 
 @pytest.mark.parametrize(

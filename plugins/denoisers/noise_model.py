@@ -23,6 +23,7 @@ class NoiseParams:
     gain: float  # ADU per photo-electron
     offset: float  # ADU
     read_noise: float = 0.0  # e- rms
+    measured: bool = True  # False: the frames could not tell (flat, too small, no clear slope); a guess
 
 
 # A second-difference kernel cancels constant, linear and quadratic signal (so edges and smooth
@@ -218,8 +219,24 @@ def camera_or_estimate(frames: np.ndarray, offset: float | None, gain: float | N
     return float(offset), float(gain)
 
 
+def offset_for_gain(frames: np.ndarray, gain: float) -> float | None:
+    """The offset that puts the frames' noise on the line of a camera of known ``gain`` (absorbing
+    the read noise, as :func:`estimate_noise_params` does); None where the frames cannot tell."""
+    f = np.asarray(frames, np.float32)
+    f = f[None] if f.ndim == 2 else f
+    if min(f.shape[1:]) < 8:
+        return None
+    m, v = block_statistics(f)
+    if m.size < 24:
+        return None
+    x, y, keep = variance_line(m, v)
+    if not keep.any():
+        return None
+    return float(np.median(x[keep] - y[keep] / gain))
+
+
 def _fallback(f: np.ndarray) -> NoiseParams:
-    return NoiseParams(gain=1.0, offset=float(np.percentile(f, 0.5)))
+    return NoiseParams(gain=1.0, offset=float(np.percentile(f, 0.5)), measured=False)
 
 
 def anscombe(photons: np.ndarray, read_noise: float) -> np.ndarray:
