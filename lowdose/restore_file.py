@@ -1,7 +1,8 @@
 """``lowdose restore STACK --out OUT.tif``: restore a stack of camera counts already on disk.
 
 For the images a microscopist has before lowdose ran live: a TIFF or ``.npy`` of camera counts,
-``(T, Y, X)`` or ``(Y, X)``, or a lowdose run store's raw image. Each frame is restored on its own
+``(Y, X)``, ``(T, Y, X)`` or a hyperstack (every plane restored on its own, the shape and the
+TIFF's axis names kept), or a lowdose run store's raw image. Each frame is restored on its own
 (small frames a few at a time), by the same plug-ins the daemon uses, and written as float32 so that the sub-ADU precision of the
 restoration survives (README "Restored precision"). The output is written into a memory-mapped file
 frame by frame, so a long time-lapse never needs twice its size in memory. It is written under a
@@ -92,13 +93,18 @@ def restore_file(
     if gain is not None and gain <= 0:
         raise UserError(f"--gain must be > 0 ADU per electron, got {gain}")
     raw, meta = read_counts(stack, position=position, channel=channel, z=z, max_frames=max_frames)
-    counts = check_counts(raw, str(stack))
+    if raw.ndim > 3:  # a hyperstack (T, C, Z, Y, X ...): every plane restored on its own, the shape kept
+        raw = raw[:max_frames] if max_frames else raw
+        counts = check_counts(raw.reshape(-1, *raw.shape[-2:]), str(stack))
+    else:
+        counts = check_counts(raw, str(stack))
+    axes = _axes(stack, raw.shape)
     offset, gain, calibration = _calibration(offset, gain, meta)
     den = create_denoiser(denoiser, options, device=resolve_device(device))
     _check_space(out, 4 * counts.size * (2 if den_has_uncertainty(den) else 1))
     n = counts.shape[0]
-    # a (Y, X) input gives a (Y, X) output: the files take the input's shape, the loop a (T, Y, X) view
-    images: dict[Path, np.ndarray] = {out: _open_output(out, raw.shape)}
+    # the files take the input's shape ((Y, X) gives (Y, X)), the loop works on a (planes, Y, X) view
+    images: dict[Path, np.ndarray] = {out: _open_output(out, raw.shape, axes)}
     t0 = time.perf_counter()
     batch = int(np.clip(BATCH_PIXELS // (counts.shape[1] * counts.shape[2]), 1, MAX_BATCH))
     try:
@@ -107,7 +113,7 @@ def restore_file(
             images[out].reshape(counts.shape)[i : i + batch] = res.frames
             if res.uncertainty is not None:
                 if uncertainty_path(out) not in images:
-                    images[uncertainty_path(out)] = _open_output(uncertainty_path(out), raw.shape)
+                    images[uncertainty_path(out)] = _open_output(uncertainty_path(out), raw.shape, axes)
                 images[uncertainty_path(out)].reshape(counts.shape)[i : i + batch] = res.uncertainty
             if on_progress is not None:
                 on_progress(min(i + batch, n), n)
@@ -143,7 +149,21 @@ def _calibration(
     return offset, gain, "; ".join(how)
 
 
-def _open_output(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+def _axes(stack: Path, shape: tuple[int, ...]) -> str | None:
+    """The input TIFF's axis names (ImageJ or OME), to write with the output; None if unknown."""
+    if stack.suffix.lower() not in (".tif", ".tiff"):
+        return None
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(stack) as tif:
+            axes = tif.series[0].axes
+    except Exception:  # the metadata is a courtesy; the frames were already read
+        return None
+    return axes if len(axes) == len(shape) else None
+
+
+def _open_output(path: Path, shape: tuple[int, ...], axes: str | None = None) -> np.ndarray:
     """A float32 array of ``shape`` backed by the output file, written as the frames come."""
     import tifffile
 
@@ -151,6 +171,7 @@ def _open_output(path: Path, shape: tuple[int, ...]) -> np.ndarray:
     try:
         if path.suffix.lower() == ".npy":
             return np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
-        return tifffile.memmap(path, shape=shape, dtype=np.float32, photometric="minisblack")
+        return tifffile.memmap(path, shape=shape, dtype=np.float32, photometric="minisblack",
+                               metadata={"axes": axes} if axes else {})
     except OSError as exc:
         raise UserError(f"cannot write {path} ({exc}); free space or give another --out") from None

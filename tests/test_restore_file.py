@@ -55,6 +55,20 @@ def test_a_single_frame_stays_2d_and_npy_works(tmp_path, stack):
     assert np.load(tmp_path / "one_r.npy").shape == noisy.shape[1:]
 
 
+def test_a_hyperstack_keeps_its_shape_and_axes(tmp_path, stack):
+    noisy, clean = stack
+    planes = np.concatenate([noisy, noisy[::-1]]).reshape(3, 2, *noisy.shape[1:])
+    tifffile.imwrite(tmp_path / "h.tif", planes, imagej=True, metadata={"axes": "TCYX"})
+    r = invoke(tmp_path / "h.tif", "-o", tmp_path / "h_r.tif", "--denoiser", "classical", "--offset", 100, "--gain", 2)
+    assert r.exit_code == 0, r.output
+    with tifffile.TiffFile(tmp_path / "h_r.tif") as tif:
+        assert tif.series[0].axes == "TCYX" and tif.series[0].shape == planes.shape
+        out = tif.asarray()
+    flat_truth = np.concatenate([clean, clean[::-1]])
+    for i, plane in enumerate(out.reshape(-1, *noisy.shape[1:])):
+        assert _psnr(plane, flat_truth[i]) > _psnr(planes.reshape(-1, *noisy.shape[1:])[i], flat_truth[i]) + 5, i
+
+
 def test_the_diffusion_model_writes_its_uncertainty_beside(tmp_path, stack, one_torch_thread):
     noisy, _ = stack
     np.save(tmp_path / "s.npy", noisy[:1, :64, :64])
@@ -66,7 +80,7 @@ def test_the_diffusion_model_writes_its_uncertainty_beside(tmp_path, stack, one_
 
 @pytest.mark.parametrize("case, message", [
     ("missing", "does not exist"),
-    ("rank4", "expected (T, Y, X) or (Y, X)"),
+    ("rank1", "expected (T, Y, X) or (Y, X)"),
     ("suffix", "write a .tif, .tiff or .npy"),
     ("same", "is the input stack"),
     ("exists", "--force to replace it"),
@@ -77,7 +91,7 @@ def test_the_diffusion_model_writes_its_uncertainty_beside(tmp_path, stack, one_
 def test_bad_input_is_one_line_with_exit_2_and_nothing_written(tmp_path, stack, case, message):
     noisy, _ = stack
     src = tmp_path / "s.tif"
-    tifffile.imwrite(src, noisy[:, None] if case == "rank4" else noisy)
+    tifffile.imwrite(src, noisy[0, 0] if case == "rank1" else noisy)
     out = tmp_path / "r.tif"
     extra: list[object] = []
     if case == "missing":
