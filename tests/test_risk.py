@@ -171,3 +171,18 @@ def test_frames_too_small_to_fit_alone_are_fitted_together() -> None:
         else:
             assert fits[0].mode == "kept", fits[0].as_dict()
             assert np.array_equal(out, alone)
+
+
+def test_the_diffusion_model_can_be_blended_too_and_stays_deterministic() -> None:
+    """The best restoration afterwards (README "Restoring afterwards"): the blend over `ddpm`. Its
+    probe is only a derivative if the sampler draws the same noise for the probed frame."""
+    den = create_denoiser("risk-weighted", {"model": "ddpm", "samples": 1}, device="cpu")
+    assert den.info.parameters["learned"]["name"] == "ddpm"
+    y, x = _exposed(300.0, 11, side=160, kind="filaments")
+    frames = y[None].astype(np.float32)
+    out = den.restore(frames, offset=CAM.offset, gain=CAM.gain).frames
+    np.testing.assert_array_equal(out, den.restore(frames, offset=CAM.offset, gain=CAM.gain).frames)
+    base = den.learned.restore(frames, offset=CAM.offset, gain=CAM.gain).frames
+    (fit,) = den.last_fit
+    assert fit.risk <= fit.candidate_risk["ddpm"] + 1e-9
+    assert np.mean((out[0] - x) ** 2) <= 1.05 * np.mean((base[0] - x) ** 2)
