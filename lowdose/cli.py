@@ -326,9 +326,10 @@ def restore(
                            force=force, max_frames=frames, position=position, channel=channel, z=z,
                            on_progress=lambda done, total: progress.update(task, completed=done, total=total))
     unc = f"; uncertainty (std, ADU) in {res.uncertainty}" if res.uncertainty else ""
+    camera = "" if res.offset is None or res.gain is None else f"offset {res.offset:.1f} ADU, gain {res.gain:.3g} ADU/e-: "
     out_console.print(escape(
         f"{res.out}: {res.frames} frame(s) of {res.shape[0]}x{res.shape[1]} restored by {res.denoiser} "
-        f"({res.ms_per_frame:.0f} ms per frame; {res.calibration}){unc}"), soft_wrap=True)
+        f"({res.ms_per_frame:.0f} ms per frame; {camera}{res.calibration}){unc}"), soft_wrap=True)
 
 
 def _check_backfill_dtype(store: Path, wanted: str, config: Path) -> None:

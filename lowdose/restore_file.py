@@ -39,7 +39,7 @@ class FileRestoration:
     frames: int
     shape: tuple[int, int]
     denoiser: str
-    offset: float | None  # None: each frame's own estimate
+    offset: float | None  # None: each batch's own estimate (the stack could not tell)
     gain: float | None
     calibration: str
     ms_per_frame: float
@@ -99,7 +99,7 @@ def restore_file(
     else:
         counts = check_counts(raw, str(stack))
     axes = _axes(stack, raw.shape)
-    offset, gain, calibration = _calibration(offset, gain, meta)
+    offset, gain, calibration = _calibration(counts, offset, gain, meta)
     den = create_denoiser(denoiser, options, device=resolve_device(device))
     _check_space(out, 4 * counts.size * (2 if den_has_uncertainty(den) else 1))
     n = counts.shape[0]
@@ -132,20 +132,39 @@ def restore_file(
     )
 
 
+# The camera is estimated once, on up to this many frames spread over the stack: more blocks than
+# one frame has make the estimate closer, and one calibration for every frame keeps a time-lapse
+# from flickering with each frame's own estimate.
+ESTIMATE_FRAMES = 16
+
+
 def _calibration(
-    offset: float | None, gain: float | None, meta: dict[str, float | None]
+    counts: np.ndarray, offset: float | None, gain: float | None, meta: dict[str, float | None]
 ) -> tuple[float | None, float | None, str]:
+    from lowdose.plugins.denoisers.noise_model import estimate_noise_params, offset_for_gain
+
     how = []
     for name, given in (("offset", offset), ("gain", gain)):
-        recorded = meta.get(name)
         if given is not None:
             how.append(f"{name} given")
-        elif recorded is not None:
+        elif meta.get(name) is not None:
             how.append(f"{name} from the run's metadata")
-        else:
-            how.append(f"{name} estimated from each frame's noise")
     offset = offset if offset is not None else meta.get("offset")
     gain = gain if gain is not None else meta.get("gain")
+    if offset is not None and gain is not None:
+        return offset, gain, "; ".join(how)
+    sample = counts[np.unique(np.linspace(0, len(counts) - 1, min(len(counts), ESTIMATE_FRAMES)).astype(int))]
+    if gain is None:
+        est = estimate_noise_params(sample)
+        if not est.measured:  # the stack cannot tell: each batch's own estimate (or fallback) it is
+            how.append("offset and gain not measurable on the stack: estimated frame by frame")
+            return offset, None, "; ".join(how)
+        gain, offset = est.gain, est.offset if offset is None else offset
+        how.append(f"{'gain' if len(how) else 'offset and gain'} estimated from the noise of {len(sample)} frame(s)")
+    else:
+        offset = offset_for_gain(sample, gain)
+        how.append(f"offset estimated from the noise of {len(sample)} frame(s)" if offset is not None
+                   else "offset not measurable on the stack: estimated frame by frame")
     return offset, gain, "; ".join(how)
 
 

@@ -36,7 +36,7 @@ def test_a_tiff_stack_is_restored_into_float32_and_beats_the_raw(tmp_path, stack
     for name in ("classical", "auto"):
         r = invoke(tmp_path / "s.tif", "--out", tmp_path / f"{name}.tif", "--denoiser", name)
         assert r.exit_code == 0, r.output
-        assert "3 frame(s) of 128x128" in r.output and "estimated from each frame's noise" in r.output
+        assert "3 frame(s) of 128x128" in r.output and "offset and gain estimated from the noise of 3 frame(s)" in r.output
         out = tifffile.imread(tmp_path / f"{name}.tif")
         assert out.shape == noisy.shape and out.dtype == np.float32
         assert np.any(out != np.rint(out)), "the restoration keeps sub-ADU values"
@@ -51,7 +51,7 @@ def test_a_single_frame_stays_2d_and_npy_works(tmp_path, stack):
     tifffile.imwrite(tmp_path / "one.tif", noisy[0])
     r = invoke(tmp_path / "one.tif", "-o", tmp_path / "one_r.npy", "--denoiser", "classical", "--offset", 100, "--gain", 2)
     assert r.exit_code == 0, r.output
-    assert "offset given; gain given" in r.output
+    assert "offset 100.0 ADU, gain 2 ADU/e-: offset given; gain given" in r.output
     assert np.load(tmp_path / "one_r.npy").shape == noisy.shape[1:]
 
 
@@ -117,6 +117,22 @@ def test_bad_input_is_one_line_with_exit_2_and_nothing_written(tmp_path, stack, 
     elif case != "same":
         assert not out.exists()
     assert not list(tmp_path.rglob("*.partial.*"))
+
+
+def test_the_camera_is_estimated_once_for_the_whole_stack(stack):
+    from lowdose.restore_file import _calibration
+
+    noisy, _ = stack
+    counts = noisy.astype(np.float32)
+    offset, gain, how = _calibration(counts, None, None, {})
+    assert 0.75 < gain / CAMERA.gain < 1.33 and abs(offset - CAMERA.offset) < 15, (offset, gain)
+    assert "offset and gain estimated from the noise of 3 frame(s)" in how
+    offset2, gain2, how2 = _calibration(counts, None, 2.0, {})
+    assert gain2 == 2.0 and abs(offset2 - CAMERA.offset) < 15 and "gain given; offset estimated" in how2
+    assert _calibration(counts, None, None, {"offset": 100.0, "gain": 2.0}) == (
+        100.0, 2.0, "offset from the run's metadata; gain from the run's metadata")
+    flat = np.full((2, 64, 64), 100.0, np.float32)
+    assert _calibration(flat, None, None, {})[:2] == (None, None)
 
 
 def test_a_failure_half_way_leaves_no_file_that_passes_for_whole(tmp_path, stack, monkeypatch):
