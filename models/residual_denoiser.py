@@ -59,7 +59,7 @@ class ResidualDiffusionDenoiser(_LearnedBase):
 
     def __init__(
         self, ckpt: Checkpoint, *, samples: int = 4, sampler: Sampler = "ddim", steps: int = 4, seed: int = 0,
-        calibrated: bool = True, estimate: str = "posterior", shrink: float | None = None,
+        calibrated: bool = True, estimate: str = "posterior", shrink: float | str | None = "risk",
         noise_floor: float | None = None, **kw: Any,
     ) -> None:
         if estimate not in ESTIMATES:
@@ -78,7 +78,16 @@ class ResidualDiffusionDenoiser(_LearnedBase):
         self.factor = calibration_factor(self.calibration, self.samples, self.steps) if calibrated else 1.0
         # The share of the predicted residual added to the unet's estimate (1: all of it, 0: the unet),
         # fitted with the factors; the MSE-optimal shrinkage of a prediction that is partly noise.
-        self.shrink = float(self.calibration.get("shrink", 1.0) if shrink is None else shrink)
+        # "risk" (the default): per frame, the share that minimises Stein's unbiased risk estimate on
+        # the frame itself (``_risk_shrink``), the calibrated one where the frame's noise does not
+        # follow the camera model. On texture the simulated samples lacked, the residual smooths
+        # what is really there, and the frame's own risk says so: the unet then stands alone.
+        if shrink is not None and shrink != "risk" and not isinstance(shrink, (int, float)):
+            raise ValueError(f"shrink must be a number in [0, 1], 'risk' or None (the calibrated share), got {shrink!r}")
+        self.risk_shrink = shrink == "risk"
+        fixed = None if shrink == "risk" else shrink
+        self.shrink = float(self.calibration.get("shrink", 1.0) if fixed is None else fixed)
+        self.last_shrink: list[float] = []  # per frame of the last batch
         # Share of each pixel's shot-noise std added (in quadrature) to the samples' spread before
         # the factor (models/calibration.py): the part of the error the samples do not spread over.
         self.noise_floor = float(self.calibration.get("noise_floor", 0.0) if noise_floor is None else noise_floor)
@@ -93,7 +102,8 @@ class ResidualDiffusionDenoiser(_LearnedBase):
             **super()._parameters(), "samples": self.samples, "sampler": self.sampler,
             "steps": self.steps if self.sampler != "ancestral" else self.diffusion.steps, "seed": self.seed,
             "base": str(self.checkpoint.base.get("checksum", ""))[:12] if self.checkpoint.base else "",
-            "uncertainty_factor": self.factor, "estimate": self.estimate_kind, "shrink": self.shrink,
+            "uncertainty_factor": self.factor, "estimate": self.estimate_kind,
+            "shrink": "risk" if self.risk_shrink else self.shrink, "calibrated_shrink": self.shrink,
             "noise_floor": self.noise_floor,
         }
 
@@ -102,8 +112,9 @@ class ResidualDiffusionDenoiser(_LearnedBase):
         plan = plan_tiles(self.engine.device, BASE_BYTES_PER_PX, tuple(x.shape[-2:]), x.shape[0], multiple=8)
         return self.engine.tiled(self.base_net, x, plan=plan, overlap=BASE_OVERLAP, multiple=8)
 
-    def sample_residuals(self, cond: torch.Tensor, samples: int, seed: int) -> Any:
-        """K residual samples for one frame's condition (1, 4, H, W): the sampler's mean and std."""
+    def sample_residuals(self, cond: torch.Tensor, samples: int, seed: int, steps: int | None = None) -> Any:
+        """K residual samples for one frame's condition (1, 4, H, W): the sampler's mean and std
+        (``steps`` = 1: only the first step, which gives the posterior-mean estimate ``first_x0``)."""
         plan = self.plan(tuple(cond.shape[-2:]), samples)
 
         def net_fn(x: torch.Tensor, log_snr: torch.Tensor) -> torch.Tensor:
@@ -114,7 +125,8 @@ class ResidualDiffusionDenoiser(_LearnedBase):
             return self.engine.tiled(tile_fn, x, plan=plan, overlap=self.overlap, multiple=self.multiple)
 
         return self.diffusion.sample(
-            net_fn, cond.to(self.engine.device), samples=samples, sampler=self.sampler, steps=self.steps, seed=seed
+            net_fn, cond.to(self.engine.device), samples=samples, sampler=self.sampler if steps is None else "ddim",
+            steps=self.steps if steps is None else steps, seed=seed,
         )
 
     def _restore_float(
@@ -124,12 +136,17 @@ class ResidualDiffusionDenoiser(_LearnedBase):
         x = torch.from_numpy(normalize.network_input(frames, scale, self.spec))
         est = self.estimate(x).cpu()
         means, stds = [], []
+        self.last_shrink = []
         for i in range(frames.shape[0]):
             xi, ei = x[i : i + 1], est[i : i + 1]
             res = self.sample_residuals(condition(xi, ei), self.samples, self.seed + i)
             noise = xi[:, 1:2]
             r = res.first_x0 if self.estimate_kind == "posterior" else res.mean
-            means.append(from_residual(self.shrink * r.cpu(), ei, noise, self.residual)[0, 0].numpy())
+            share = self.shrink
+            if self.risk_shrink:
+                share = self._risk_shrink(frames[i], _one(scale, i), ei, self.seed + i, offset, gain)
+            self.last_shrink.append(share)
+            means.append(from_residual(share * r.cpu(), ei, noise, self.residual)[0, 0].numpy())
             if res.std is not None:
                 spread = residual_scale(noise, self.residual) * res.std.cpu()
                 std = self.factor * torch.sqrt(spread**2 + (self.noise_floor * noise) ** 2)
@@ -137,3 +154,52 @@ class ResidualDiffusionDenoiser(_LearnedBase):
         out = normalize.from_unit(np.stack(means), scale)
         unc = normalize.std_from_unit(np.stack(stds), scale) if stds else None
         return out, unc
+
+    def _risk_shrink(self, frame: np.ndarray, scale: normalize.FrameScale, estimate: torch.Tensor, seed: int,
+                     offset: float | None, gain: float | None) -> float:
+        """The share ``s`` of the posterior-mean residual R minimising the estimated risk of ``u + s R``.
+
+        SURE for Poisson-Gaussian noise of variance ``v``: the risk of ``u + s R`` is, up to terms
+        free of ``s``, ``|y - u - s R|^2 + 2 s sum(v dR/dy)``, minimal at ``s = (<R, y - u> - sum(v
+        dR/dy)) / |R|^2``. The derivative comes from one random probe, as ``auto``'s blend measures
+        the unet's, on the most structured window; only the sampler's first step is needed (the
+        posterior mean), with the draws of the frame's own seed.
+        """
+        from lowdose.plugins.denoisers.noise_model import camera_or_estimate, fit_noise
+        from lowdose.plugins.denoisers.risk import CameraNoise
+
+        from .risk_weighted import fit_window
+
+        offset, gain = camera_or_estimate(frame[None], offset, gain)
+        win = fit_window(estimate[0, 0].numpy(), RISK_WINDOW)
+        y = frame[win].astype(np.float32)
+        fitted = fit_noise(y[None], offset, gain)
+        if not fitted.agrees():
+            return self.shrink
+        var = CameraNoise(offset, gain, fitted.usable_read_noise()).variance(y)
+        step = RISK_PROBE_PHOTONS * gain
+        probe = np.random.default_rng(seed).standard_normal(y.shape).astype(np.float32)
+        span = float(scale.gain[0] * (scale.hi[0] - scale.lo[0]))  # ADU per normalised unit
+
+        def residual_adu(window: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            xw = torch.from_numpy(normalize.network_input(window[None], scale, self.spec))
+            ew = self.estimate(xw).cpu()
+            r = self.sample_residuals(condition(xw, ew), self.samples, seed, steps=1).first_x0.cpu()
+            resid = residual_scale(xw[:, 1:2], self.residual) * r
+            return (span * resid[0, 0]).numpy().astype(np.float64), normalize.from_unit(ew[:, 0].numpy(), scale)[0]
+
+        big_r, u = residual_adu(y)
+        probed_r, _ = residual_adu(y + step * probe)
+        divergence = float(np.sum(var * probe * (probed_r - big_r)) / step)
+        energy = float(np.sum(big_r**2))
+        if energy <= 0.0:
+            return self.shrink
+        return float(np.clip((np.sum(big_r * (y - u)) - divergence) / energy, 0.0, 1.0))
+
+
+RISK_WINDOW = 256  # px: the window the shrink is fitted on (the whole frame when smaller)
+RISK_PROBE_PHOTONS = 0.3  # the probe's step, photons: small against the noise, large against float error
+
+
+def _one(scale: normalize.FrameScale, i: int) -> normalize.FrameScale:
+    return normalize.FrameScale(scale.offset[i : i + 1], scale.gain[i : i + 1], scale.lo[i : i + 1], scale.hi[i : i + 1])

@@ -160,3 +160,29 @@ def test_training_writes_a_loadable_residual_checkpoint(tmp_path) -> None:
     noisy, _ = held_out_set(1, 40, 20.0, CAM, seed=41_003)
     out = load(best, device="cpu", samples=2, steps=2).restore(noisy, offset=CAM.offset, gain=CAM.gain)
     assert out.frames.shape == noisy.shape and out.uncertainty is not None
+
+
+@pytest.mark.parametrize("dose, texture", [(20.0, 0.0), (100.0, 0.6)])
+def test_the_residuals_share_follows_the_frames_own_risk(dose: float, texture: float) -> None:
+    """``shrink="risk"`` picks, per frame and without the truth, about the share of the residual the
+    truth would pick, and is never clearly worse than the unet alone or the calibrated share."""
+    from scipy import ndimage
+
+    noisy, clean = held_out_set(1, 160, dose, CameraModel(), seed=41_000 + int(dose))
+    if texture:  # pixel-scale grain the simulated samples lack: the residual smooths it away
+        rng = np.random.default_rng(5)
+        grain = 1 + texture * ndimage.gaussian_filter(rng.standard_normal(clean.shape[1:]), 0.7)
+        clean = (100.0 + (clean - 100.0) * grain[None]).astype(np.float64)
+        noisy = np.clip(rng.poisson(np.clip(clean - 100.0, 0, None)) + 100.0 + rng.normal(0, 1.5, clean.shape), 0, None)
+    frames = noisy.astype(np.float32)
+    told = {"offset": 100.0, "gain": 1.0}
+    den = load("ddpm", device="cpu", samples=2)
+    out = den.restore(frames, **told).frames[0].astype(np.float64)
+    (share,) = den.last_shrink
+    full = load("ddpm", device="cpu", samples=2, shrink=1.0).restore(frames, **told).frames[0].astype(np.float64)
+    unet = load("ddpm", device="cpu", samples=2, shrink=0.0).restore(frames, **told).frames[0].astype(np.float64)
+    r, x = full - unet, clean[0]
+    oracle = float(np.clip(np.sum(r * (x - unet)) / np.sum(r * r), 0, 1))
+    assert abs(share - oracle) < 0.35, (share, oracle)
+    mse = {k: float(np.mean((v - x) ** 2)) for k, v in {"risk": out, "unet": unet, "full": full}.items()}
+    assert mse["risk"] <= 1.03 * min(mse["unet"], mse["full"]), mse
