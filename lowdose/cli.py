@@ -294,12 +294,12 @@ def backfill(
 
 @app.command()
 def restore(
-    stack: Path = typer.Argument(..., help="camera counts: a TIFF or .npy (T, Y, X) or (Y, X), or a lowdose .ome.zarr"),
+    stack: Path = typer.Argument(..., help="camera counts: a TIFF or .npy, (Y, X), (T, Y, X) or a hyperstack, or a lowdose .ome.zarr"),
     out_path: Path = typer.Option(..., "--out", "-o", help="restored frames, float32 (.tif, .tiff or .npy); "
                              "OUT.uncertainty.tif beside it when the model gives one"),
     denoiser: str = typer.Option("auto", help="denoiser plug-in (`lowdose denoisers` lists them)"),
-    offset: Optional[float] = typer.Option(None, help="camera offset in ADU (default: the store's, else estimated per frame)"),
-    gain: Optional[float] = typer.Option(None, help="camera gain in ADU per electron (default: the store's, else estimated)"),
+    offset: Optional[float] = typer.Option(None, help="camera offset in ADU (default: the store's, else estimated once from the stack's noise)"),
+    gain: Optional[float] = typer.Option(None, help="camera gain in ADU per electron (default: the store's, else estimated once)"),
     options: Optional[str] = typer.Option(None, help='denoiser options as JSON, e.g. \'{"samples": 8}\''),
     frames: Optional[int] = typer.Option(None, min=1, help="restore only the first FRAMES frames"),
     position: int = typer.Option(0, min=0, help="lowdose store: which position"),

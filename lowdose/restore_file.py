@@ -141,30 +141,12 @@ ESTIMATE_FRAMES = 16
 def _calibration(
     counts: np.ndarray, offset: float | None, gain: float | None, meta: dict[str, float | None]
 ) -> tuple[float | None, float | None, str]:
-    from lowdose.plugins.denoisers.noise_model import estimate_noise_params, offset_for_gain
+    from lowdose.models.adapt_data import resolve_camera
 
-    how = []
-    for name, given in (("offset", offset), ("gain", gain)):
-        if given is not None:
-            how.append(f"{name} given")
-        elif meta.get(name) is not None:
-            how.append(f"{name} from the run's metadata")
-    offset = offset if offset is not None else meta.get("offset")
-    gain = gain if gain is not None else meta.get("gain")
-    if offset is not None and gain is not None:
-        return offset, gain, "; ".join(how)
     sample = counts[np.unique(np.linspace(0, len(counts) - 1, min(len(counts), ESTIMATE_FRAMES)).astype(int))]
-    if gain is None:
-        est = estimate_noise_params(sample)
-        if not est.measured:  # the stack cannot tell: each batch's own estimate (or fallback) it is
-            how.append("offset and gain not measurable on the stack: estimated frame by frame")
-            return offset, None, "; ".join(how)
-        gain, offset = est.gain, est.offset if offset is None else offset
-        how.append(f"{'gain' if len(how) else 'offset and gain'} estimated from the noise of {len(sample)} frame(s)")
-    else:
-        offset = offset_for_gain(sample, gain)
-        how.append(f"offset estimated from the noise of {len(sample)} frame(s)" if offset is not None
-                   else "offset not measurable on the stack: estimated frame by frame")
+    offset, gain, how = resolve_camera(sample, offset, gain, meta)
+    if offset is None or gain is None:  # the stack cannot tell: each batch's own estimate (or fallback)
+        how.append("the rest estimated frame by frame (not measurable on the stack)")
     return offset, gain, "; ".join(how)
 
 

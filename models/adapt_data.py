@@ -55,31 +55,16 @@ def read_stack(
     frames = check_counts(raw, str(p))
     if gain is not None and gain <= 0:
         raise AdaptError(f"--gain must be > 0 ADU per electron, got {gain}")
-    how = []
-    if offset is not None:
-        how.append("offset given")
-    elif meta.get("offset") is not None:
-        offset = float(meta["offset"])  # type: ignore[arg-type]
-        how.append("offset from the run's metadata")
-    if gain is not None:
-        how.append("gain given")
-    elif meta.get("gain") is not None:
-        gain = float(meta["gain"])  # type: ignore[arg-type]
-        how.append("gain from the run's metadata")
-    if offset is None or gain is None:
-        est_offset, est_gain = estimate_camera(frames, gain)
-        if offset is None:
-            if est_offset is None:
-                raise AdaptError(
-                    f"{p}: no --offset given, none recorded with the stack, and its noise does not show the "
-                    f"camera's dark level (no mean-variance line: too few pixels or too little contrast); "
-                    f"give --offset ADU (the mean of a frame taken with the light off)"
-                )
-            offset = est_offset
-            how.append("offset estimated from the noise")
-        if gain is None:
-            gain = est_gain if est_gain is not None else 1.0
-            how.append("gain estimated from the noise" if est_gain is not None else "gain unknown: 1 ADU/e- assumed")
+    offset, gain, how = resolve_camera(frames, offset, gain, meta)
+    if offset is None:
+        raise AdaptError(
+            f"{p}: no --offset given, none recorded with the stack, and its noise does not show the "
+            f"camera's dark level (no mean-variance line: too few pixels or too little contrast); "
+            f"give --offset ADU (the mean of a frame taken with the light off)"
+        )
+    if gain is None:
+        gain = 1.0
+        how.append("gain unknown: 1 ADU/e- assumed")
     digest = hashlib.sha256(np.ascontiguousarray(raw).tobytes()).hexdigest()
     return Stack(frames=frames, source=str(p), dtype=str(np.asarray(raw).dtype), offset=float(offset),
                  gain=float(gain), calibration="; ".join(how), sha256=digest)
@@ -167,6 +152,33 @@ def check_counts(a: np.ndarray, source: str) -> np.ndarray:
     if not np.isfinite(f).all():
         raise AdaptError(f"{source} holds NaN or infinite values; give camera counts")
     return f
+
+
+def resolve_camera(
+    frames: np.ndarray, offset: float | None, gain: float | None, meta: dict[str, float | None]
+) -> tuple[float | None, float | None, list[str]]:
+    """The camera's offset and gain: given, else recorded with the stack (``meta``), else estimated
+    from the noise of ``frames``; None where none of these tells. Also how each was found."""
+    how = []
+    for name, given in (("offset", offset), ("gain", gain)):
+        if given is not None:
+            how.append(f"{name} given")
+        elif meta.get(name) is not None:
+            how.append(f"{name} from the run's metadata")
+    offset = offset if offset is not None else _float_or_none(meta.get("offset"))
+    gain = gain if gain is not None else _float_or_none(meta.get("gain"))
+    if offset is not None and gain is not None:
+        return offset, gain, how
+    est_offset, est_gain = estimate_camera(frames, gain)
+    found = [name for name, missing, est in (("offset", offset, est_offset), ("gain", gain, est_gain))
+             if missing is None and est is not None]
+    if found:
+        how.append(f"{' and '.join(found)} estimated from the noise of {len(frames)} frame(s)")
+    return (est_offset if offset is None else offset), (est_gain if gain is None else gain), how
+
+
+def _float_or_none(v: float | None) -> float | None:
+    return None if v is None else float(v)
 
 
 def estimate_camera(frames: np.ndarray, gain: float | None = None) -> tuple[float | None, float | None]:

@@ -166,7 +166,7 @@ class ResidualDiffusionDenoiser(_LearnedBase):
         posterior mean), with the draws of the frame's own seed.
         """
         from lowdose.plugins.denoisers.noise_model import camera_or_estimate, fit_noise
-        from lowdose.plugins.denoisers.risk import CameraNoise
+        from lowdose.plugins.denoisers.risk import CameraNoise, probe_divergence
 
         from .risk_weighted import fit_window
 
@@ -190,7 +190,7 @@ class ResidualDiffusionDenoiser(_LearnedBase):
 
         big_r, u = residual_adu(y)
         probed_r, _ = residual_adu(y + step * probe)
-        divergence = float(np.sum(var * probe * (probed_r - big_r)) / step)
+        divergence = float(np.sum(probe_divergence(big_r, probed_r, probe, step, var)))
         energy = float(np.sum(big_r**2))
         if energy <= 0.0:
             return self.shrink

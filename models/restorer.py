@@ -130,7 +130,10 @@ class NetworkDenoiser(_LearnedBase):
     ) -> tuple[np.ndarray, np.ndarray | None]:
         scale = normalize.fit_scale(frames, self.spec, offset, gain)
         x = torch.from_numpy(normalize.network_input(frames, scale, self.spec))
-        y = sum(from_symmetry(self._forward(to_symmetry(x, k)), k) for k in range(self.ensemble)) / self.ensemble
+        if self.ensemble == 1:  # the live path: one pass, no copies
+            y = self._forward(x)
+        else:
+            y = sum(from_symmetry(self._forward(to_symmetry(x, k)), k) for k in range(self.ensemble)) / self.ensemble
         return normalize.from_unit(y[:, 0].cpu().numpy(), scale), None
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
